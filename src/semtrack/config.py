@@ -8,10 +8,10 @@ Examples
 --------
 >>> from semtrack.config import Config
 >>> cfg = Config()
->>> cfg.register.model
+>>> cfg.registration.model
 'similarity'
->>> cfg2 = cfg.updated({"register": {"model": "rigid"}})
->>> cfg2.register.model
+>>> cfg2 = cfg.updated({"registration": {"model": "rigid"}})
+>>> cfg2.registration.model
 'rigid'
 """
 
@@ -149,7 +149,7 @@ class Config(_Section):
     """Every parameter of a semtrack run, grouped by pipeline stage."""
 
     io: IOConfig = Field(default_factory=IOConfig)
-    register: RegisterConfig = Field(default_factory=RegisterConfig)
+    registration: RegisterConfig = Field(default_factory=RegisterConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     quantify: QuantifyConfig = Field(default_factory=QuantifyConfig)
     grains: GrainsConfig = Field(default_factory=GrainsConfig)
@@ -193,7 +193,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     Parameters
     ----------
     path : str or Path, optional
-        TOML file with ``[register]``, ``[segment]`` ... tables. None: defaults.
+        TOML file with ``[registration]``, ``[segment]`` ... tables. None: defaults.
     overrides : dict, optional
         Nested changes applied after the file (e.g. from CLI options).
 
