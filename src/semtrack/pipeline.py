@@ -1,0 +1,636 @@
+"""The whole analysis of one time series, in order. The only module that knows the order of stages.
+
+``run`` reads, registers, segments, measures, tracks and (with ``out_dir``) writes
+the output contract and the report. Frames are streamed: only the reference
+frame, the frame at hand and the previous frame's island map are in memory, so
+long series of large frames fit in a few hundred MB.
+
+With ``out_dir``, work already done by an interrupted run with the same inputs
+and parameters is reused from ``out_dir/.cache`` (keyed by input hashes,
+parameters and version), so rerunning the same command resumes it and gives
+byte-identical tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import platform
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import grains as grains_mod
+from . import quantify, register, segment, track
+from ._atomic import atomic_path
+from ._version import __version__
+from .config import PHASE_CODES, Config
+from .errors import SemtrackError
+from .io import read_series
+from .series import Series
+from .write import (
+    ensure_writable,
+    event_map_path,
+    island_map_path,
+    phase_map_path,
+    preview_path,
+    read_label_map,
+    write_json,
+    write_label_map,
+    write_png,
+    write_table,
+)
+
+__all__ = ["Result", "FrameAnalysis", "analyse_frame", "run", "ProgressCallback"]
+
+log = logging.getLogger(__name__)
+
+#: ``progress(stage, done, total)``; stages: read, register, model, frames, track, write, report.
+ProgressCallback = Callable[[str, int, int], None]
+
+_CACHE_DIR = ".cache"
+
+
+@dataclass
+class FrameAnalysis:
+    """What one registered frame yields.
+
+    Attributes
+    ----------
+    phases : ndarray of uint8, shape (H, W)
+        Phase codes in the reference grid, 255 outside the analysed region.
+    islands : ndarray of int32, shape (H, W)
+        Na3PO4 island labels of this frame alone (not yet persistent ids).
+    fractions : dict
+        :func:`semtrack.quantify.phase_fractions` of ``phases``.
+    grains : DataFrame
+        Per-grain table of :func:`semtrack.grains.measure_grains`.
+    grain_summary : dict
+        :func:`semtrack.grains.grain_summary` of ``grains``.
+    """
+
+    phases: np.ndarray
+    islands: np.ndarray
+    fractions: dict[str, float]
+    grains: pd.DataFrame
+    grain_summary: dict[str, float]
+
+
+@dataclass
+class Result:
+    """Everything a run produced.
+
+    Attributes
+    ----------
+    series : Series
+        The input series (times, pixel size, files, hashes).
+    config : Config
+        Parameters used.
+    registration : semtrack.register.Registration
+        Per-frame transforms and quality.
+    region : ndarray of bool, shape (H, W)
+        The analysed region in the reference grid (imaged by every frame, info bar excluded).
+    frames : DataFrame
+        One row per frame: the columns of ``frames.csv``.
+    grains : DataFrame
+        One row per grain per frame (``grains.csv``).
+    islands : DataFrame
+        One row per island per frame with persistent ids (``islands.csv``).
+    events : DataFrame
+        One row per formation / coalescence / split / dissolution (``events.csv``).
+    intervals : DataFrame
+        Per interval between consecutive frames: event counts, rates, areas (``intervals.csv``).
+    kinetics : dict
+        Fits over the series (``kinetics.json``).
+    lineage : semtrack.track.Lineage
+        Islands, events and the parent graph.
+    phase_model : object
+        The unsupervised class definition or trained classifier used for every frame.
+    phase_maps, island_maps : list of ndarray or None
+        Per-frame maps in the reference grid, kept when ``keep_maps`` (default when no ``out_dir``).
+    warnings : list of str
+    provenance : dict
+        What ``run.json`` holds.
+    out_dir : Path or None
+    """
+
+    series: Series
+    config: Config
+    registration: Any
+    region: np.ndarray
+    frames: pd.DataFrame
+    grains: pd.DataFrame
+    islands: pd.DataFrame
+    events: pd.DataFrame
+    intervals: pd.DataFrame
+    kinetics: dict[str, Any]
+    lineage: Any
+    phase_model: Any
+    phase_maps: list[np.ndarray] | None
+    island_maps: list[np.ndarray] | None
+    warnings: list[str] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    out_dir: Path | None = None
+
+
+def analyse_frame(
+    image: np.ndarray,
+    *,
+    region: np.ndarray,
+    phase_model: Any,
+    pixel_size_um: float | None,
+    config: Config | None = None,
+) -> FrameAnalysis:
+    """Segment, measure and label the islands of one frame already in the reference grid.
+
+    Parameters
+    ----------
+    image : ndarray of float32, shape (H, W)
+        Registered frame (NaN where not imaged).
+    region : ndarray of bool, shape (H, W)
+        Analysed region.
+    phase_model : PhaseModel or PixelClassifier
+        From :func:`semtrack.segment.fit_phase_model` or a trained classifier.
+    pixel_size_um : float or None
+        None: lengths in px.
+    config : Config, optional
+
+    Returns
+    -------
+    FrameAnalysis
+    """
+    config = config or Config()
+    valid = region & np.isfinite(image)
+    if isinstance(phase_model, segment.PixelClassifier):
+        phases = phase_model.predict(image, valid=valid)
+    else:
+        phases = segment.segment_frame(
+            image, model=phase_model, valid=valid, pixel_size_um=pixel_size_um,
+            **_segment_kwargs(config),
+        )
+    phase_names = tuple(config.segment.phase_names)
+    fractions = quantify.phase_fractions(
+        phases,
+        phase_names=phase_names,
+        pixel_size_um=pixel_size_um,
+        confidence=config.quantify.confidence,
+        tile_um=config.quantify.tile_um,
+    )
+    grain_labels, grain_table = grains_mod.measure_grains(
+        phases,
+        pixel_size_um=pixel_size_um,
+        grain_code=PHASE_CODES["nasicon"],
+        min_grain_area_um2=config.grains.min_grain_area_um2,
+        split_touching=config.grains.split_touching,
+        valid=region,
+    )
+    summary = grains_mod.grain_summary(
+        grain_table, phases, pixel_size_um=pixel_size_um, grain_code=PHASE_CODES["nasicon"]
+    )
+    islands = track.label_islands(
+        phases,
+        pixel_size_um=pixel_size_um,
+        island_code=PHASE_CODES["na3po4"],
+        min_island_area_um2=config.track.min_island_area_um2,
+        valid=region,
+    )
+    return FrameAnalysis(phases, islands, fractions, grain_table, summary)
+
+
+def _segment_kwargs(config: Config) -> dict[str, Any]:
+    return {}
+
+
+def run(
+    source: str | Path | Sequence[str | Path] | Series,
+    *,
+    config: Config | None = None,
+    out_dir: str | Path | None = None,
+    progress: ProgressCallback | None = None,
+    frame_workers: int = 1,
+    keep_maps: bool | None = None,
+    report: bool | None = None,
+) -> Result:
+    """Analyse one SEM time series end to end.
+
+    Parameters
+    ----------
+    source : folder, glob pattern, list of files, or Series
+        The frames of one area at several exposure times.
+    config : Config, optional
+        Every parameter; defaults when omitted.
+    out_dir : str or Path, optional
+        Write the output contract (and, unless ``report=False``, ``report.html``) here.
+    progress : callable, optional
+        ``progress(stage, done, total)``.
+    frame_workers : int
+        Processes that analyse frames in parallel (reading, resampling,
+        segmentation, grains); 1 runs everything in this process.
+    keep_maps : bool, optional
+        Keep every frame's phase and island maps in the result (default: only
+        when there is no ``out_dir`` to write them to).
+    report : bool, optional
+        Render the HTML report (default: ``config.report.html``; needs ``out_dir``).
+
+    Returns
+    -------
+    Result
+
+    Raises
+    ------
+    SemtrackError
+        A file cannot be read, a frame cannot be registered, results cannot be written.
+
+    Examples
+    --------
+    >>> import semtrack
+    >>> result = semtrack.run(semtrack.data.sample_series_path())  # doctest: +SKIP
+    >>> result.frames[["time_h", "frac_na3po4", "n_islands"]]  # doctest: +SKIP
+    """
+    config = config or Config()
+    notify = progress or (lambda stage, done, total: None)
+    if frame_workers < 1:
+        raise ValueError(f"frame_workers must be >= 1, got {frame_workers}")
+    out = ensure_writable(out_dir) if out_dir is not None else None
+    keep = (out is None) if keep_maps is None else keep_maps
+    cache = _Cache(out / _CACHE_DIR) if out is not None else None
+
+    series = source if isinstance(source, Series) else _read(source, config, notify)
+    warnings = list(series.warnings)
+    pixel_size_um = series.pixel_size_um
+    if pixel_size_um is None:
+        warnings.append("uncalibrated: no pixel size in the metadata or options; lengths are in px")
+
+    inputs_key = [f.sha256 for f in series.frames] + [repr(series.times_h.tolist())]
+    registration = _cached(
+        cache, "registration", [inputs_key, config.registration.model_dump(mode="json"), config.io.model_dump(mode="json")],
+        lambda: register.register_series(
+            series,
+            marker=config.registration.marker,
+            model=config.registration.model,
+            reference=config.registration.reference,
+            min_score=config.registration.min_score,
+            fail_score=config.registration.fail_score,
+            progress=lambda d, t: notify("register", d, t),
+        ),
+    )
+    warnings += [f"{series.frames[i].path.name}: {fr.warning}" for i, fr in enumerate(registration.frames) if fr.warning]
+    ref = config.registration.reference
+    ref_shape = series.frames[ref].shape
+    region = register.analysed_region(
+        registration, [f.shape for f in series.frames], [f.valid_rows for f in series.frames]
+    )
+    if not region.any():
+        raise SemtrackError("no area is imaged by every frame; nothing to analyse")
+
+    model_key = [inputs_key, registration.matrices.round(6).tolist(), config.segment.model_dump(mode="json")]
+    phase_model = _cached(cache, "phase_model", model_key, lambda: _fit_model(series, registration, region, config, notify))
+
+    frame_key = [model_key, config.quantify.model_dump(mode="json"), config.grains.model_dump(mode="json"),
+                 config.track.model_dump(mode="json"), _digest(np.packbits(region).tobytes())]
+    analyses = _analyse_frames(series, registration, region, phase_model, config, cache, frame_key,
+                               out, frame_workers, notify)
+
+    tracker = track.IslandTracker(
+        pixel_size_um=pixel_size_um,
+        link_tolerance_um=config.track.link_tolerance_um,
+        min_overlap_fraction=config.track.min_overlap_fraction,
+        region=region,
+    )
+    phase_maps: list[np.ndarray] | None = [] if keep else None
+    island_maps: list[np.ndarray] | None = [] if keep else None
+    for i, info in enumerate(series.frames):
+        analysis = analyses.load(i)
+        persistent = tracker.add(analysis.islands, info.time_h)
+        if out is not None:
+            write_label_map(persistent.astype(np.int32), island_map_path(out, i))
+        if keep:
+            phase_maps.append(analysis.phases)
+            island_maps.append(persistent)
+        notify("track", i + 1, len(series))
+    lineage = tracker.result()
+
+    frames = _frames_table(series, registration, analyses, lineage, pixel_size_um)
+    grains_table = pd.concat(
+        [analyses.load(i).grains.assign(frame=i) for i in range(len(series))], ignore_index=True
+    )
+    grains_table = grains_table[["frame"] + [c for c in grains_table.columns if c != "frame"]]
+    region_area = float(region.sum()) * (pixel_size_um or 1.0) ** 2
+    intervals = track.interval_statistics(lineage, region_area_um2=region_area)
+    kinetics = track.fit_kinetics(
+        series.times_h, frames["frac_na3po4"].to_numpy(), frames["island_area_mean_um2"].to_numpy()
+    )
+
+    provenance = _provenance(series, config, registration, phase_model, warnings)
+    result = Result(
+        series=series, config=config, registration=registration, region=region, frames=frames,
+        grains=grains_table, islands=lineage.islands, events=lineage.events, intervals=intervals,
+        kinetics=kinetics, lineage=lineage, phase_model=phase_model, phase_maps=phase_maps,
+        island_maps=island_maps, warnings=warnings, provenance=provenance, out_dir=out,
+    )
+    if out is not None:
+        _write_outputs(result, out, notify)
+        if config.report.html if report is None else report:
+            from .report import render
+
+            notify("report", 0, 1)
+            render(out)
+            notify("report", 1, 1)
+    return result
+
+
+def _read(source, config: Config, notify: ProgressCallback) -> Series:
+    io_cfg = config.io
+    return read_series(
+        source,
+        pixel_size_um=io_cfg.pixel_size_um,
+        crop_bottom_px=io_cfg.crop_bottom_px,
+        times_h=io_cfg.times_h,
+        times_csv=io_cfg.times_csv,
+        t0=io_cfg.t0,
+        progress=lambda d, t: notify("read", d, t),
+    )
+
+
+def _registered_image(series: Series, registration, index: int) -> np.ndarray:
+    ref_shape = series.frames[registration.reference].shape
+    return register.resample(series.image(index), registration.frames[index].matrix, ref_shape)
+
+
+def _fit_model(series: Series, registration, region: np.ndarray, config: Config, notify: ProgressCallback):
+    seg = config.segment
+    if seg.method == "classifier":
+        if not seg.classifier_path:
+            raise SemtrackError("segment.method is 'classifier' but no segment.classifier_path is given")
+        return segment.PixelClassifier.load(seg.classifier_path)
+    images, valids = [], []
+    for i in range(len(series)):
+        image = _registered_image(series, registration, i)
+        images.append(image)
+        valids.append(region & np.isfinite(image))
+        notify("model", i + 1, len(series))
+    return segment.fit_phase_model(
+        images,
+        valid=valids,
+        phase_names=tuple(seg.phase_names),
+        brightness_order=tuple(seg.brightness_order),
+        pixel_size_um=series.pixel_size_um,
+    )
+
+
+def _frame_task(path_index: int, series: Series, registration, region, phase_model, config: Config) -> FrameAnalysis:
+    image = _registered_image(series, registration, path_index)
+    return analyse_frame(
+        image, region=region, phase_model=phase_model, pixel_size_um=series.pixel_size_um, config=config
+    )
+
+
+def _preview(image: np.ndarray) -> np.ndarray:
+    return np.nan_to_num(np.clip(image, 0, 1) * 255, nan=0).astype(np.uint8)
+
+
+class _Analyses:
+    """Per-frame analyses, in memory or in the cache folder (so long series stream)."""
+
+    def __init__(self, cache: _Cache | None, keys: list[str]):
+        self._cache = cache
+        self._keys = keys
+        self._memory: dict[int, FrameAnalysis] = {}
+
+    def store(self, index: int, analysis: FrameAnalysis) -> None:
+        if self._cache is None:
+            self._memory[index] = analysis
+        else:
+            self._cache.put(self._keys[index], analysis)
+
+    def has(self, index: int) -> bool:
+        return index in self._memory or (self._cache is not None and self._cache.has(self._keys[index]))
+
+    def load(self, index: int) -> FrameAnalysis:
+        if index in self._memory:
+            return self._memory[index]
+        return self._cache.get(self._keys[index])
+
+
+def _analyse_frames(series, registration, region, phase_model, config, cache, frame_key, out, workers, notify):
+    keys = [
+        _digest(json.dumps([frame_key, series.frames[i].sha256, registration.frames[i].matrix.round(6).tolist()]))
+        for i in range(len(series))
+    ]
+    analyses = _Analyses(cache, keys)
+    todo = [i for i in range(len(series)) if not analyses.has(i)]
+    done = len(series) - len(todo)
+    notify("frames", done, len(series))
+
+    def finish(i: int, analysis: FrameAnalysis) -> None:
+        nonlocal done
+        if out is not None:
+            write_label_map(analysis.phases, phase_map_path(out, i))
+        analyses.store(i, analysis)
+        done += 1
+        notify("frames", done, len(series))
+
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+            futures = {
+                i: pool.submit(_frame_task, i, series, registration, region, phase_model, config) for i in todo
+            }
+            for i in todo:
+                finish(i, futures[i].result())
+    else:
+        for i in todo:
+            finish(i, _frame_task(i, series, registration, region, phase_model, config))
+    if out is not None:
+        for i in range(len(series)):
+            if not phase_map_path(out, i).exists():
+                write_label_map(analyses.load(i).phases, phase_map_path(out, i))
+            if not preview_path(out, i).exists():
+                write_png(_preview(_registered_image(series, registration, i)), preview_path(out, i))
+    return analyses
+
+
+def _frames_table(series: Series, registration, analyses: _Analyses, lineage, pixel_size_um) -> pd.DataFrame:
+    islands = lineage.islands
+    rows = []
+    for i, info in enumerate(series.frames):
+        analysis = analyses.load(i)
+        frame_islands = islands[islands["frame"] == i]
+        areas = frame_islands["area_um2"].to_numpy(dtype=float)
+        params = register.transform_parameters(registration.frames[i].matrix)
+        row: dict[str, Any] = {
+            "frame": i,
+            "file": info.path.name,
+            "time_h": info.time_h,
+            "dx_px": params["dx_px"],
+            "dy_px": params["dy_px"],
+            "rotation_deg": params["rotation_deg"],
+            "scale": params["scale"],
+            "reg_score": registration.frames[i].score,
+            "reg_ok": registration.frames[i].ok,
+        }
+        row.update(analysis.fractions)
+        row.update(
+            {
+                "n_islands": len(frame_islands),
+                "na3po4_area_um2": float(areas.sum()),
+                "island_area_mean_um2": float(areas.mean()) if len(areas) else 0.0,
+                "island_area_median_um2": float(np.median(areas)) if len(areas) else 0.0,
+            }
+        )
+        row.update(analysis.grain_summary)
+        row["pixel_size_um"] = pixel_size_um if pixel_size_um is not None else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _length_unit_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """Rename µm columns to px for an uncalibrated series: never label px as µm."""
+    renamed = {}
+    for col in table.columns:
+        if col == "pixel_size_um":
+            continue
+        for um, px in (("_um2", "_px2"), ("_um", "_px"), ("_per_mm2", "_per_px2_x1e6")):
+            if col.endswith(um) or f"{um}_" in col:
+                renamed[col] = col.replace(um, px, 1)
+                break
+    return table.rename(columns=renamed)
+
+
+def _write_outputs(result: Result, out: Path, notify: ProgressCallback) -> None:
+    tables = {
+        "frames.csv": result.frames,
+        "grains.csv": result.grains,
+        "islands.csv": result.islands,
+        "events.csv": result.events,
+        "intervals.csv": result.intervals,
+    }
+    steps = len(tables) + 4
+    calibrated = result.series.calibrated
+    for n, (name, table) in enumerate(tables.items()):
+        write_table(table if calibrated else _length_unit_columns(table), out / name)
+        notify("write", n + 1, steps)
+    transforms = {
+        "reference": result.registration.reference,
+        "convention": "matrix maps reference pixel (x=col, y=row, 1) to the frame's pixel in the file as read",
+        "frames": [
+            {"frame": i, "file": f.path.name, "matrix": fr.matrix.tolist(), "score": fr.score}
+            for i, (f, fr) in enumerate(zip(result.series.frames, result.registration.frames))
+        ],
+    }
+    write_json(transforms, out / "transforms.json")
+    write_json(result.kinetics, out / "kinetics.json")
+    _write_event_maps(result, out)
+    notify("write", steps - 1, steps)
+    try:
+        track.write_geff(result.lineage, out / "lineage.geff")
+    except ImportError as exc:
+        result.warnings.append(f"lineage.geff not written: {exc}")
+    # run.json last: its presence marks a complete output folder.
+    write_json(result.provenance | {"warnings": result.warnings}, out / "run.json")
+    notify("write", steps, steps)
+
+
+def _write_event_maps(result: Result, out: Path) -> None:
+    if not result.config.report.event_maps:
+        return
+    events = result.events
+    n = len(result.series)
+    previous = read_label_map(island_map_path(out, 0)) if n else None
+    for i in range(1, n):
+        current = read_label_map(island_map_path(out, i))
+        image = _registered_image(result.series, result.registration, i)
+        interval = events[(events["frame_from"] == i - 1) & (events["frame_to"] == i)]
+        rgb = track.event_map(
+            np.where(result.region, image, np.nan), previous, current, interval,
+            pixel_size_um=result.series.pixel_size_um,
+        )
+        write_png(rgb, event_map_path(out, i - 1, i))
+        previous = current
+
+
+def _provenance(series: Series, config: Config, registration, phase_model, warnings) -> dict[str, Any]:
+    import cv2
+    import skimage
+
+    model_record = phase_model.to_dict() if hasattr(phase_model, "to_dict") else {"type": type(phase_model).__name__}
+    return {
+        "semtrack_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "semtrack.run",
+        "platform": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "scikit-image": skimage.__version__,
+            "opencv": cv2.__version__,
+            "machine": platform.machine(),
+        },
+        "inputs": [
+            {"frame": i, "file": str(f.path), "sha256": f.sha256, "time_h": f.time_h,
+             "crop_bottom_px": f.crop_bottom_px, "acquired": f.acquired}
+            for i, f in enumerate(series.frames)
+        ],
+        "pixel_size_um": series.pixel_size_um,
+        "pixel_size_source": series.pixel_size_source,
+        "length_unit": "um" if series.calibrated else "px",
+        "config": config.to_dict(),
+        "registration": {
+            "marker": list(registration.marker),
+            "marker_source": registration.marker_source,
+            "model": registration.model,
+            "strategy": registration.strategy,
+            "reference": registration.reference,
+        },
+        "phase_model": model_record,
+        "preview_downsample": 1,
+    }
+
+
+def _digest(data: str | bytes) -> str:
+    if isinstance(data, str):
+        data = data.encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+class _Cache:
+    """Pickled intermediate results under ``out_dir/.cache``, keyed by a digest of their inputs."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{key[:32]}.pkl"
+
+    def has(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def get(self, key: str) -> Any:
+        with open(self._path(key), "rb") as fh:
+            return pickle.load(fh)
+
+    def put(self, key: str, value: Any) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self._path(key)) as tmp, open(tmp, "wb") as fh:
+            pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _cached(cache: _Cache | None, name: str, key_parts: Any, compute: Callable[[], Any]) -> Any:
+    if cache is None:
+        return compute()
+    key = _digest(json.dumps([name, __version__, key_parts], default=str))
+    if cache.has(key):
+        try:
+            return cache.get(key)
+        except Exception:  # a cache entry from another version or a torn write: recompute
+            log.info("ignoring unreadable cache entry %s", name)
+    value = compute()
+    cache.put(key, value)
+    return value

@@ -1,0 +1,159 @@
+"""Writers for the output contract. Every file is written to a temporary name and renamed.
+
+Output folder layout (see README "Output files" for the columns):
+
+- ``frames.csv``, ``grains.csv``, ``islands.csv``, ``events.csv``, ``intervals.csv``
+- ``transforms.json``, ``kinetics.json``, ``run.json``
+- ``labels/phases_NNN.tif``, ``labels/islands_NNN.tif``
+- ``previews/frame_NNN.png``, ``event_maps/events_NNN_MMM.png``
+- ``lineage.geff`` (when the ``geff`` package is installed)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tifffile
+
+from ._atomic import atomic_path, atomic_write_text
+from .errors import OutputError
+
+__all__ = [
+    "phase_map_path",
+    "island_map_path",
+    "preview_path",
+    "event_map_path",
+    "write_table",
+    "write_json",
+    "write_label_map",
+    "read_label_map",
+    "write_png",
+    "ensure_writable",
+]
+
+
+def phase_map_path(out_dir: Path, frame: int) -> Path:
+    return Path(out_dir) / "labels" / f"phases_{frame:03d}.tif"
+
+
+def island_map_path(out_dir: Path, frame: int) -> Path:
+    return Path(out_dir) / "labels" / f"islands_{frame:03d}.tif"
+
+
+def preview_path(out_dir: Path, frame: int) -> Path:
+    return Path(out_dir) / "previews" / f"frame_{frame:03d}.png"
+
+
+def event_map_path(out_dir: Path, frame_from: int, frame_to: int) -> Path:
+    return Path(out_dir) / "event_maps" / f"events_{frame_from:03d}_{frame_to:03d}.png"
+
+
+def ensure_writable(out_dir: str | Path) -> Path:
+    """Create ``out_dir`` if needed and check that files can be written in it.
+
+    Raises
+    ------
+    OutputError
+        The folder cannot be created or written to.
+    """
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out_dir / ".write-test") as tmp:
+            tmp.write_bytes(b"")
+        (out_dir / ".write-test").unlink()
+    except OSError as exc:
+        raise OutputError(f"cannot write to the output folder ({exc.strerror or exc})", path=out_dir) from exc
+    return out_dir
+
+
+def write_table(table: pd.DataFrame, path: str | Path) -> Path:
+    """Write a DataFrame as CSV (no index), atomically.
+
+    Floats are written with their shortest round-trip representation, so the
+    same numbers always give the same bytes (resumed runs are byte-identical).
+    """
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            table.to_csv(tmp, index=False, lineterminator="\n")
+    except OSError as exc:
+        raise OutputError(f"cannot write table ({exc.strerror or exc})", path=path) from exc
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return None if not math.isfinite(value) else float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _finite(obj: Any) -> Any:
+    # JSON has no NaN/inf; write null so every reader accepts the file.
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` as indented JSON (NaN/inf become null), atomically."""
+    path = Path(path)
+    text = json.dumps(_finite(obj), indent=2, default=_json_default, allow_nan=False)
+    try:
+        atomic_write_text(path, text + "\n")
+    except OSError as exc:
+        raise OutputError(f"cannot write JSON ({exc.strerror or exc})", path=path) from exc
+    return path
+
+
+def write_label_map(array: np.ndarray, path: str | Path) -> Path:
+    """Write a 2-D label map as a deflate-compressed TIFF, atomically."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            tifffile.imwrite(tmp, array, compression="zlib", photometric="minisblack")
+    except OSError as exc:
+        raise OutputError(f"cannot write label map ({exc.strerror or exc})", path=path) from exc
+    return path
+
+
+def read_label_map(path: str | Path) -> np.ndarray:
+    """Read a label map written by :func:`write_label_map`."""
+    return tifffile.imread(path)
+
+
+def write_png(image: np.ndarray, path: str | Path) -> Path:
+    """Write an 8-bit grey ``(H, W)`` or RGB ``(H, W, 3)`` image as PNG, atomically."""
+    import cv2
+
+    path = Path(path)
+    if image.ndim == 3:
+        image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
+    ok, buffer = cv2.imencode(".png", image)
+    if not ok:
+        raise OutputError("PNG encoding failed", path=path)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(buffer.tobytes())
+    except OSError as exc:
+        raise OutputError(f"cannot write image ({exc.strerror or exc})", path=path) from exc
+    return path

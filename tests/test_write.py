@@ -1,0 +1,67 @@
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from semtrack._atomic import atomic_path
+from semtrack.errors import OutputError
+from semtrack.write import ensure_writable, read_label_map, write_json, write_label_map, write_table
+
+
+def test_failed_write_leaves_neither_final_nor_temp_file(tmp_path):
+    target = tmp_path / "table.csv"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rewrite_replaces_content(tmp_path):
+    target = tmp_path / "t.csv"
+    write_table(pd.DataFrame({"a": [1]}), target)
+    write_table(pd.DataFrame({"a": [2, 3]}), target)
+    assert pd.read_csv(target)["a"].tolist() == [2, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv"]
+
+
+def test_tables_are_byte_identical_for_identical_data(tmp_path):
+    df = pd.DataFrame({"x": np.linspace(0, 1, 7) / 3, "name": list("abcdefg")})
+    write_table(df, tmp_path / "a.csv")
+    write_table(df.copy(), tmp_path / "b.csv")
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    back = pd.read_csv(tmp_path / "a.csv")
+    np.testing.assert_array_equal(back["x"].to_numpy(), df["x"].to_numpy())
+
+
+def test_json_turns_nan_into_null_and_numpy_into_python(tmp_path):
+    write_json({"a": np.float32(1.5), "b": float("nan"), "c": np.arange(3), "d": [np.inf]}, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1.5, "b": None, "c": [0, 1, 2], "d": [None]}
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32])
+def test_label_maps_round_trip(tmp_path, dtype):
+    labels = np.random.default_rng(0).integers(0, 200, (40, 50)).astype(dtype)
+    write_label_map(labels, tmp_path / "l.tif")
+    back = read_label_map(tmp_path / "l.tif")
+    assert back.dtype == dtype
+    np.testing.assert_array_equal(back, labels)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_folder_is_reported_nonroot(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    with pytest.raises(OutputError, match="ro"):
+        ensure_writable(folder)
+
+
+def test_output_folder_under_a_file_is_reported(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="cannot write to the output folder"):
+        ensure_writable(blocker / "out")
