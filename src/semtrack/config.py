@@ -133,10 +133,16 @@ class TrackConfig(_Section):
         0.1, ge=0, description="Na3PO4 regions smaller than this are not islands."
     )
     link_tolerance_um: float = Field(
-        0.3, ge=0, description="Dilation applied before overlap linking, for residual misregistration."
+        0.3,
+        ge=0,
+        description="Distance within which an island overlapping nothing is still linked 1:1 "
+        "(residual misregistration).",
     )
     min_overlap_fraction: float = Field(
         0.05, ge=0, le=1, description="Overlap (of the smaller island) needed to link two islands."
+    )
+    smooth_um: float = Field(
+        0.0, ge=0, description="Gaussian sigma in µm smoothing island outlines before labelling (0: none)."
     )
 
 

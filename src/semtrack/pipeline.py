@@ -261,6 +261,8 @@ def run(
     if frame_workers < 1:
         raise ValueError(f"frame_workers must be >= 1, got {frame_workers}")
     out = ensure_writable(out_dir) if out_dir is not None else None
+    if out is not None:
+        _remove_stale_temporaries(out)
     keep = (out is None) if keep_maps is None else keep_maps
     cache = _Cache(out / _CACHE_DIR) if out is not None else None
 
@@ -346,6 +348,13 @@ def run(
             render(out)
             notify("report", 1, 1)
     return result
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete temporary files a killed run left behind (``.name.XXXX.tmp.ext``, see ``atomic_path``)."""
+    for path in out.rglob(".*.tmp*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
 
 
 def _read(source, config: Config, notify: ProgressCallback) -> Series:

@@ -1,0 +1,150 @@
+"""Grain size and phase fractions against synthetic ground truth, and their speed.
+
+For each glass fraction and seed, a synthetic frame (``semtrack.synth``) is
+analysed twice: on its TRUE phase map (errors are then the grain analysis'
+own) and on ``segment.segment_frame`` output (the whole chain). Grain truth:
+grains of ``grain_labels_ref`` wholly inside the analysed region, not touching
+its border, with the marker (a detached piece drawn across grains) excluded;
+ECD of the part the frame's Na3PO4 islands leave visible (synth's ``*_visible``).
+
+Targets (issue 4): ECD mean and median within 5 %, grain count within 10 %;
+segmentation + grain analysis <= 1 s per 2048 x 1536 frame on one core.
+
+Usage::
+
+    python benchmarks/bench_grains.py            # 2048 x 1536, glass 5-35 %, 2 seeds
+    python benchmarks/bench_grains.py --quick    # 768 x 1024, fewer cases
+
+Writes ``benchmarks/out/grains.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from semtrack.config import OUTSIDE
+from semtrack.grains import grain_summary, measure_grains
+from semtrack.quantify import phase_fractions
+from semtrack.synth import make_series
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def truth_ecd_um(grain_labels: np.ndarray, region: np.ndarray, pixel_size_um: float) -> np.ndarray:
+    border = ~ndimage.binary_erosion(region, structure=np.ones((3, 3), bool), border_value=0)
+    n = int(grain_labels.max()) + 1
+    inside = np.zeros(n, bool)
+    inside[np.unique(grain_labels)] = True
+    inside[np.unique(grain_labels[border])] = False
+    inside[0] = False
+    area = np.bincount(grain_labels.ravel(), minlength=n)[inside]
+    return np.sqrt(4 * area / np.pi) * pixel_size_um
+
+
+def best_time(func, repeats: int) -> tuple[float, object]:
+    best, result = np.inf, None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = func()
+        best = min(best, time.perf_counter() - t0)
+    return best, result
+
+
+def run_case(shape, glass_fraction, seed, repeats, segment):
+    # One frame at 24 h: a few young Na3PO4 islands lie on some grains.
+    s = make_series(shape=shape, n_frames=1, glass_fraction=glass_fraction, seed=seed)
+    px = s.pixel_size_um
+    region = s.analysed_region()
+    x0, y0, x1, y1 = s.marker_rect
+    guard = int(1.5 / px)
+    region[max(y0 - guard, 0) : y1 + guard, max(x0 - guard, 0) : x1 + guard] = False
+    # Visible truth: what a perfect map of this frame shows (the part of each grain islands leave uncovered).
+    visible = np.where(s.islands_ref[0] == 0, s.grain_labels_ref, 0)
+    ecd_true = truth_ecd_um(visible, region, px)
+    true_phases = np.where(region, s.phases_ref[0], OUTSIDE).astype(np.uint8)
+    true_glass_fraction = np.mean(true_phases[region] == 1) / np.mean(np.isin(true_phases[region], (1, 2)))
+
+    sources = {"true_phases": (true_phases, 0.0)}
+    if segment is not None:
+        valid = np.zeros(s.shape, bool)
+        valid[: s.shape[0] - s.info_bar_rows] = True
+        t_seg, seg = best_time(lambda: segment(s.images[0], valid=valid, pixel_size_um=px), 1)
+        sources["segmented"] = (np.where(region, seg, OUTSIDE).astype(np.uint8), t_seg)
+
+    rows = []
+    for source, (phases, t_seg) in sources.items():
+        t_grains, (labels, table) = best_time(lambda: measure_grains(phases, pixel_size_um=px), repeats)
+        t_summary, summary = best_time(
+            lambda: grain_summary(table, phases, pixel_size_um=px, labels=labels), repeats
+        )
+        t_quant, fractions = best_time(lambda: phase_fractions(phases, pixel_size_um=px), repeats)
+        rows.append(
+            {
+                "shape": f"{shape[1]}x{shape[0]}",
+                "glass_fraction": glass_fraction,
+                "seed": seed,
+                "source": source,
+                "count_true": ecd_true.size,
+                "count": summary["grain_count"],
+                "count_err_pct": 100 * (summary["grain_count"] / ecd_true.size - 1),
+                "ecd_mean_true_um": ecd_true.mean(),
+                "ecd_mean_err_pct": 100 * (summary["grain_ecd_mean_um"] / ecd_true.mean() - 1),
+                "ecd_median_err_pct": 100 * (summary["grain_ecd_median_um"] / np.median(ecd_true) - 1),
+                "astm_g_planimetric": summary["astm_g_planimetric"],
+                "astm_g_intercept": summary["astm_g_intercept"],
+                "glass_fraction_err_pts": 100 * (fractions["glass_fraction"] - true_glass_fraction),
+                "glass_fraction_ci_half_pts": 50 * (fractions["glass_fraction_ci_high"] - fractions["glass_fraction_ci_low"]),
+                "n_fields": fractions["n_fields"],
+                "s_segment": t_seg,
+                "s_grains": t_grains + t_summary,
+                "s_quantify": t_quant,
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="768 x 1024 frames, fewer cases")
+    parser.add_argument("--no-segment", action="store_true", help="only the true phase maps")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="timing repeats (best of)")
+    args = parser.parse_args()
+    cv2.setNumThreads(1)  # the target is per core
+
+    segment = None
+    if not args.no_segment:
+        try:
+            from semtrack.segment import segment_frame as segment
+        except ImportError:
+            print("semtrack.segment not importable: true phase maps only")
+    shape = (768, 1024) if args.quick else (1536, 2048)
+    glass = (0.05, 0.2, 0.35) if args.quick else (0.05, 0.1, 0.2, 0.35)
+    rows = []
+    for g in glass:
+        for seed in range(args.seeds):
+            rows.extend(run_case(shape, g, seed, args.repeats, segment))
+            print(pd.DataFrame(rows[-1:]).round(3).to_string(index=False, header=len(rows) <= 2))
+    table = pd.DataFrame(rows)
+    OUT.mkdir(parents=True, exist_ok=True)
+    table.to_csv(OUT / "grains.csv", index=False)
+    cols = ["shape", "glass_fraction", "seed", "source", "count_true", "count", "count_err_pct",
+            "ecd_mean_err_pct", "ecd_median_err_pct", "glass_fraction_err_pts", "glass_fraction_ci_half_pts",
+            "s_segment", "s_grains", "s_quantify"]
+    print()
+    print(table[cols].round(2).to_string(index=False))
+    ok = table["count_err_pct"].abs().le(10) & table["ecd_mean_err_pct"].abs().le(5) & table["ecd_median_err_pct"].abs().le(5)
+    print()
+    print(table.assign(meets_targets=ok).groupby(["source", "glass_fraction"])["meets_targets"].mean().to_string())
+    print(f"\nwrote {OUT / 'grains.csv'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""End to end on a synthetic series: every contract file, values against the generator's truth."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from semtrack.config import OUTSIDE, Config
+from semtrack.io import sha256_file
+from semtrack.pipeline import run
+
+FRAME_COLUMNS = [
+    "frame", "file", "time_h", "dx_px", "dy_px", "rotation_deg", "scale", "reg_score", "frac_pore",
+    "frac_glass", "frac_nasicon", "frac_na3po4", "glass_fraction", "n_islands", "na3po4_area_um2",
+    "grain_count", "grain_ecd_mean_um", "grain_ecd_median_um", "pixel_size_um",
+    "frac_glass_ci_low", "frac_glass_ci_high", "glass_fraction_ci_low", "glass_fraction_ci_high",
+]
+
+
+def test_every_contract_file_is_written(pipeline_output, synth_series):
+    result, out = pipeline_output
+    n = len(synth_series.images)
+    for name in ["frames.csv", "transforms.json", "grains.csv", "islands.csv", "events.csv", "intervals.csv",
+                 "kinetics.json", "run.json", "report.html"]:
+        assert (out / name).is_file(), name
+    for i in range(n):
+        assert (out / "labels" / f"phases_{i:03d}.tif").is_file()
+        assert (out / "labels" / f"islands_{i:03d}.tif").is_file()
+    for i in range(1, n):
+        assert (out / "event_maps" / f"events_{i - 1:03d}_{i:03d}.png").is_file()
+    frames = pd.read_csv(out / "frames.csv")
+    assert set(FRAME_COLUMNS) <= set(frames.columns)
+    assert list(frames["frame"]) == list(range(n))
+    assert not list(out.rglob("*.tmp*")), "temporary files left behind"
+
+
+def test_transforms_match_the_true_stage_motion(pipeline_output, synth_series):
+    _, out = pipeline_output
+    transforms = json.loads((out / "transforms.json").read_text())
+    assert transforms["reference"] == 0
+    region = synth_series.analysed_region()
+    ys, xs = np.nonzero(region)
+    points = np.stack([xs, ys, np.ones_like(xs)]).astype(float)
+    for entry, truth in zip(transforms["frames"], synth_series.matrices):
+        matrix = np.array(entry["matrix"])
+        assert matrix.shape == (3, 3)
+        error = (matrix @ points - truth @ points)[:2]
+        assert np.sqrt((error**2).sum(axis=0).mean()) < 0.5
+
+
+def test_phase_maps_follow_the_contract_and_the_truth(pipeline_output, synth_series):
+    result, out = pipeline_output
+    ref_shape = synth_series.images[0].shape
+    frames = pd.read_csv(out / "frames.csv")
+    truth = synth_series.truth_frame_table()
+    for i in range(len(synth_series.images)):
+        phases = tifffile.imread(out / "labels" / f"phases_{i:03d}.tif")
+        assert phases.shape == ref_shape and phases.dtype == np.uint8
+        assert set(np.unique(phases)) <= {0, 1, 2, 3, OUTSIDE}
+        assert (phases[-synth_series.info_bar_rows:] == OUTSIDE).all()
+        inside = phases != OUTSIDE
+        true = synth_series.phases_ref[i]
+        both = inside & (true != OUTSIDE)
+        assert (phases[both] == true[both]).mean() > 0.85
+    for col in ["frac_pore", "frac_glass", "frac_nasicon", "frac_na3po4", "glass_fraction"]:
+        np.testing.assert_allclose(frames[col], truth[col], atol=0.03, err_msg=col)
+        assert (frames[f"{col}_ci_low"] <= frames[col]).all() and (frames[col] <= frames[f"{col}_ci_high"]).all()
+    fractions = frames[["frac_pore", "frac_glass", "frac_nasicon", "frac_na3po4"]].sum(axis=1)
+    np.testing.assert_allclose(fractions, 1.0, atol=1e-9)
+
+
+def test_islands_and_events_are_consistent_with_the_maps(pipeline_output, synth_series):
+    _, out = pipeline_output
+    islands = pd.read_csv(out / "islands.csv", keep_default_na=False)
+    events = pd.read_csv(out / "events.csv", keep_default_na=False)
+    frames = pd.read_csv(out / "frames.csv")
+    truth = synth_series.truth_frame_table()
+    for i in range(len(frames)):
+        labels = tifffile.imread(out / "labels" / f"islands_{i:03d}.tif")
+        ids = set(np.unique(labels)) - {0}
+        assert ids == set(islands.loc[islands["frame"] == i, "island_id"])
+        assert frames.loc[i, "n_islands"] == len(ids)
+        assert abs(frames.loc[i, "n_islands"] - truth.loc[i, "n_islands"]) <= max(3, 0.2 * truth.loc[i, "n_islands"])
+    assert set(events["event"]) <= {"formation", "coalescence", "split", "dissolution"}
+    assert len(events) > 0
+    assert set(events["frame_to"] - events["frame_from"]) == {1}
+
+
+def test_run_json_records_provenance(pipeline_output, synth_folder):
+    result, out = pipeline_output
+    record = json.loads((out / "run.json").read_text())
+    files = sorted(synth_folder.glob("*.tif"))
+    assert {i["sha256"] for i in record["inputs"]} == {sha256_file(f) for f in files}
+    assert record["pixel_size_source"] == "zeiss"
+    assert record["pixel_size_um"] == pytest.approx(result.series.pixel_size_um)
+    assert record["config"] == Config().to_dict()
+    assert record["semtrack_version"]
+    assert len(record["registration"]["marker"]) == 4
+
+
+def test_in_memory_run_keeps_maps_and_matches_written_run(pipeline_output, synth_folder):
+    written, out = pipeline_output
+    result = run(synth_folder)
+    assert result.out_dir is None and len(result.phase_maps) == len(result.island_maps) == len(result.frames)
+    np.testing.assert_array_equal(result.phase_maps[1], tifffile.imread(out / "labels" / "phases_001.tif"))
+    pd.testing.assert_frame_equal(result.frames, written.frames)
+
+
+def test_resumed_run_reuses_work_and_writes_identical_tables(pipeline_output, synth_folder, tmp_path):
+    _, out = pipeline_output
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    # An interrupted run: tables, a label map and some cached frames missing.
+    for name in ["frames.csv", "events.csv", "run.json"]:
+        (resumed / name).unlink()
+    (resumed / "labels" / "islands_002.tif").unlink()
+    cached = sorted((resumed / ".cache").glob("*.pkl"))
+    cached[-1].unlink()
+    run(synth_folder, out_dir=resumed, report=False)
+    for name in ["frames.csv", "grains.csv", "islands.csv", "events.csv", "intervals.csv"]:
+        assert (resumed / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_uncalibrated_series_reports_px_units(synth_series, tmp_path):
+    from semtrack.synth import write_series
+
+    folder = tmp_path / "nocal"
+    write_series(synth_series, folder, vendor=None)
+    out = tmp_path / "out"
+    result = run(folder, out_dir=out, report=False)
+    assert not result.series.calibrated
+    frames = pd.read_csv(out / "frames.csv")
+    assert "na3po4_area_px2" in frames and "na3po4_area_um2" not in frames
+    assert "grain_ecd_mean_px" in frames
+    assert frames["pixel_size_um"].isna().all()
+    record = json.loads((out / "run.json").read_text())
+    assert record["length_unit"] == "px" and record["pixel_size_source"] == "uncalibrated"
+    assert any("uncalibrated" in w for w in record["warnings"])
