@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-SAMPLE := sample_images/nasicon_demo
+SAMPLE := sample_images/nasicon_synthetic
 XVFB   := xvfb-run -a -s "-screen 0 1280x1024x24"
 APT_PACKAGES := xvfb xauth libxcb-cursor0 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 \
 	libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-shape0 libgl1-mesa-dri libegl1 libfontconfig1 \

@@ -312,6 +312,22 @@ def test_grain_labels_are_nasicon(series):
     np.testing.assert_array_equal((g > 0)[visible], (first == PHASE_CODES["nasicon"])[visible])
 
 
+def test_grains_are_whole_and_some_touch(series):
+    g = series.grain_labels_ref
+    region = series.analysed_region()
+    border = ~ndimage.binary_erosion(region, structure=np.ones((3, 3)), border_value=0)
+    cut = set(np.unique(g[border]).tolist())
+    for lab, sl in enumerate(ndimage.find_objects(g), start=1):
+        if sl is not None and lab not in cut:
+            assert ndimage.label(g[sl] == lab)[1] == 1, lab
+    # Neighbouring grains with no glass between them (4-adjacent pixels of two different grains).
+    right = (g[:, :-1] > 0) & (g[:, 1:] > 0) & (g[:, :-1] != g[:, 1:])
+    down = (g[:-1] > 0) & (g[1:] > 0) & (g[:-1] != g[1:])
+    pairs = set(zip(g[:, :-1][right].tolist(), g[:, 1:][right].tolist())) | set(
+        zip(g[:-1][down].tolist(), g[1:][down].tolist()))
+    assert len({tuple(sorted(p)) for p in pairs}) >= 5
+
+
 def test_marker_is_static_and_textured(series):
     x0, y0, x1, y1 = series.marker_rect
     region = series.analysed_region()

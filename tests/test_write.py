@@ -65,3 +65,10 @@ def test_output_folder_under_a_file_is_reported(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OutputError, match="cannot write to the output folder"):
         ensure_writable(blocker / "out")
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    from semtrack._atomic import _UMASK
+
+    path = write_table(pd.DataFrame({"a": [1]}), tmp_path / "p.csv")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_UMASK

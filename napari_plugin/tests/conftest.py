@@ -42,7 +42,8 @@ def viewer(make_napari_viewer):
     """A napari viewer; skipped when there is no X display (offscreen Qt has no GL context)."""
     if not os.environ.get("DISPLAY"):
         pytest.skip("no X display: run the napari tests under xvfb-run (see DEVELOPERS.md)")
-    return make_napari_viewer()
+    # Shown: under Xvfb a hidden canvas renders black screenshots.
+    return make_napari_viewer(show=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 import pandas as pd
 from scipy import ndimage, special
+from skimage import measure
 
 from .config import OUTSIDE, PHASE_CODES
 
@@ -386,7 +387,7 @@ def make_series(
     imaged = [_imaged_in_ref(m, H, W, bar) for m in matrices]
     region = np.logical_and.reduce(imaged)
 
-    phase_world, grain_world, depth_world = _microstructure(
+    phase_world, grain_world = _microstructure(
         world_shape,
         px,
         grain_size_um=grain_size_um,
@@ -582,7 +583,7 @@ def _smooth_noise(shape, scale_px: float, rng) -> np.ndarray:
 
 def _microstructure(shape, px, *, grain_size_um, spread, glass_fraction, touching_fraction, pore_fraction,
                     region, rng):
-    """Phase map (0 pore, 1 glass, 2 NaSICON), grain ids (seed index + 1, 0 elsewhere) and grain depth.
+    """Phase map (0 pore, 1 glass, 2 NaSICON) and grain ids (seed index + 1, 0 elsewhere) of the world.
 
     Grains are cells of the power (Laguerre) diagram of a random packing of
     disks with log-normal sizes -- each disk lies inside its own cell, so no
@@ -662,7 +663,19 @@ def _microstructure(shape, px, *, grain_size_um, spread, glass_fraction, touchin
     phase[depth < tau] = _GLASS
     phase[pores] = _PORE
     grains = np.where(phase == _NASICON, label, 0).astype(np.int32)
-    return phase, grains, depth - tau
+    # A grain is one piece: slivers cut off by a pore or a channel corner become glass.
+    pieces = measure.label(grains, background=0, connectivity=1)
+    size = np.bincount(pieces.ravel())
+    owner = np.zeros(size.size, np.int64)
+    owner[pieces.ravel()] = grains.ravel()
+    order = np.lexsort((-size[1:], owner[1:])) + 1  # pieces by grain, biggest first
+    first = np.r_[True, owner[order][1:] != owner[order][:-1]]
+    keep = np.zeros(size.size, bool)
+    keep[order[first]] = True
+    sliver = (pieces > 0) & ~keep[pieces]
+    phase[sliver] = _GLASS
+    grains[sliver] = 0
+    return phase, grains
 
 
 def _truncated_lognormal_location(median: float, sigma: float, lo: float, hi: float) -> float:
@@ -846,6 +859,28 @@ def _draw_marker(signal, phase, grains, rect, margin, px, rng) -> None:
     signal[near] *= shadow[near]
     phase[voids] = _PORE
     grains[voids] = 0
+    # Cracks cut grains of the piece in two: each part is then a grain of its own (tiny ones are crack).
+    x0c, y0c = max(int(x0), 0), max(int(y0), 0)
+    window = grains[y0c : int(y1), x0c : int(x1)]
+    pieces = measure.label(window, background=0, connectivity=1)
+    size = np.bincount(pieces.ravel())
+    owner = np.zeros(size.size, np.int64)
+    owner[pieces.ravel()] = window.ravel()
+    order = np.lexsort((-size[1:], owner[1:])) + 1
+    first = np.r_[True, owner[order][1:] != owner[order][:-1]]
+    next_id = int(grains.max()) + 1
+    tiny = max(int((0.2 / px) ** 2), 4)
+    win_phase = phase[y0c : int(y1), x0c : int(x1)]
+    win_signal = signal[y0c : int(y1), x0c : int(x1)]
+    for piece in order[~first]:
+        where = pieces == piece
+        if size[piece] < tiny:
+            window[where] = 0
+            win_phase[where] = _PORE
+            win_signal[where] = 0.04
+        else:
+            window[where] = next_id
+            next_id += 1
 
 
 # --------------------------------------------------------------------------- islands

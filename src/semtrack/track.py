@@ -260,6 +260,7 @@ class _Frame:
     area_px: np.ndarray  # (n+1,)
     x_px: np.ndarray
     y_px: np.ndarray
+    bbox: np.ndarray  # (4, n+1): first row, last row, first col, last col
     touches: np.ndarray  # bool (n+1,)
     ids: np.ndarray  # persistent ids (n+1,), ids[0] = 0
     parents: np.ndarray | None = None  # ';'-joined parent ids (n+1,), object
@@ -269,31 +270,46 @@ class _Frame:
         return self.area_px.size - 1
 
 
-def _consecutive(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Renumber labels 1..n (keeping order); cheap when they already are."""
-    flat = labels.ravel()
-    top = int(flat.max()) if flat.size else 0
-    if top == 0:
-        return np.zeros(labels.shape, np.int32), 0
-    if top <= 4 * flat.size + 1024:
-        present = np.bincount(flat.astype(np.intp, copy=False), minlength=top + 1) > 0
-        present[0] = False
-        values = np.flatnonzero(present)
-    else:
-        values = np.unique(flat)
-        values = values[values > 0]
-    n = values.size
-    if n == top:
-        return labels.astype(np.int32, copy=False), n
-    if top <= 4 * flat.size + 1024:
-        lut = np.zeros(top + 1, np.int32)
-        lut[values] = np.arange(1, n + 1, dtype=np.int32)
-        return lut[labels], n
-    return np.searchsorted(np.concatenate([[0], values]), labels).astype(np.int32), n
+def _runs(*images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start (flat index) and length of every row run over which all ``images`` are constant.
+
+    Islands are a few hundred runs each at most, so per-run arithmetic replaces
+    per-pixel work (sorting, bincounts) on large frames.
+    """
+    flat0 = images[0].ravel()
+    size, width = flat0.size, images[0].shape[1]
+    change = np.empty(size, bool)
+    if size == 0:
+        return np.empty(0, np.intp), np.empty(0, np.intp)
+    change[0] = True
+    np.not_equal(flat0[1:], flat0[:-1], out=change[1:])
+    for img in images[1:]:
+        flat = img.ravel()
+        change[1:] |= flat[1:] != flat[:-1]
+    change[::width] = True
+    starts = np.flatnonzero(change)
+    lengths = np.diff(starts, append=size)
+    return starts, lengths
 
 
-def _edge_zone(observed: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
-    """Pixels of the observed area that are 4-adjacent to unobserved pixels or the image edge."""
+def _consecutive(labels: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Renumber labels 1..n (keeping order); cheap when they already are. Returns (labels, run values, n)."""
+    values = labels.ravel()[starts]
+    present = np.unique(values)
+    present = present[present > 0]
+    n = present.size
+    if n == 0 or int(present[-1]) == n:
+        return labels.astype(np.int32, copy=False), values.astype(np.int64), n
+    if int(present[-1]) <= 4 * labels.size + 1024:
+        lut = np.zeros(int(present[-1]) + 1, np.int32)
+        lut[present] = np.arange(1, n + 1, dtype=np.int32)
+        return lut[labels], lut[values].astype(np.int64), n
+    new = np.searchsorted(np.concatenate([[0], present]), labels).astype(np.int32)
+    return new, new.ravel()[starts].astype(np.int64), n
+
+
+def _edge_index(observed: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    """Flat indices of observed pixels 4-adjacent to unobserved pixels or to the image edge."""
     if observed is None:
         zone = np.zeros(shape, bool)
     else:
@@ -302,22 +318,29 @@ def _edge_zone(observed: np.ndarray | None, shape: tuple[int, int]) -> np.ndarra
     zone[:, 0] = zone[:, -1] = True
     if observed is not None:
         zone &= observed
-    return zone
+    return np.flatnonzero(zone)
 
 
-def _measure(labels: np.ndarray, n: int, zone: np.ndarray) -> tuple[np.ndarray, ...]:
-    flat = labels.ravel()
-    idx = np.flatnonzero(flat)
-    lab = flat[idx]
-    rows, cols = np.divmod(idx, labels.shape[1])
-    area = np.bincount(lab, minlength=n + 1)
+def _measure(labels, starts, lengths, values, n, edge_index):
+    """Area, centroid, bounding box and border contact of every label, from row runs."""
+    width = labels.shape[1]
+    keep = values > 0
+    lab, st, ln = values[keep], starts[keep], lengths[keep]
+    rows, c0 = np.divmod(st, width)
+    area = np.bincount(lab, weights=ln, minlength=n + 1).astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        x = np.bincount(lab, weights=cols, minlength=n + 1) / area
-        y = np.bincount(lab, weights=rows, minlength=n + 1) / area
+        x = np.bincount(lab, weights=ln * (c0 + (ln - 1) / 2.0), minlength=n + 1) / area
+        y = np.bincount(lab, weights=ln * rows, minlength=n + 1) / area
+    big = np.iinfo(np.int64).max
+    bbox = np.stack([np.full(n + 1, big), np.full(n + 1, -1), np.full(n + 1, big), np.full(n + 1, -1)])
+    np.minimum.at(bbox[0], lab, rows)
+    np.maximum.at(bbox[1], lab, rows)
+    np.minimum.at(bbox[2], lab, c0)
+    np.maximum.at(bbox[3], lab, c0 + ln - 1)
     touches = np.zeros(n + 1, bool)
-    touches[labels[zone]] = True
+    touches[labels.ravel()[edge_index]] = True
     touches[0] = False
-    return area, x, y, touches
+    return area, x, y, bbox, touches
 
 
 def _join(ids) -> str:
@@ -441,7 +464,7 @@ class IslandTracker:
                     f"`region` must be a 2-D boolean mask (True = analysed), got {region.dtype} {region.shape}"
                 )
         self.region = region
-        self._region_zone = None
+        self._region_edge = None
         self._prev: _Frame | None = None
         self._next_id = 1
         self._island_rows: list[dict[str, np.ndarray]] = []
@@ -542,14 +565,15 @@ class IslandTracker:
             observed = valid if observed is None else (observed & valid)
         if observed is not None:
             labels = np.where(observed, labels, 0)
-        labels, n = _consecutive(labels)
+        starts, lengths = _runs(labels)
+        labels, values, n = _consecutive(labels, starts)
         if valid is None:
-            if self._region_zone is None:
-                self._region_zone = _edge_zone(self.region, labels.shape)
-            zone = self._region_zone
+            if self._region_edge is None:
+                self._region_edge = _edge_index(self.region, labels.shape)
+            edge = self._region_edge
         else:
-            zone = _edge_zone(observed, labels.shape)
-        area, x, y, touches = _measure(labels, n, zone)
+            edge = _edge_index(observed, labels.shape)
+        area, x, y, bbox, touches = _measure(labels, starts, lengths, values, n, edge)
         return _Frame(
             index=self.n_frames,
             time_h=time_h,
@@ -558,6 +582,7 @@ class IslandTracker:
             area_px=area,
             x_px=x,
             y_px=y,
+            bbox=bbox,
             touches=touches,
             ids=np.zeros(n + 1, np.int64),
         )
@@ -595,12 +620,15 @@ class IslandTracker:
 
     def _overlap_edges(self, prev: _Frame, cur: _Frame) -> tuple[np.ndarray, np.ndarray, int]:
         """Linked (a, b) pairs by direct overlap, plus the tolerance fallback."""
-        A = prev.labels.ravel()
-        B = cur.labels.ravel()
-        idx = np.flatnonzero((A > 0) & (B > 0))
-        persisted = idx.size
-        key = A[idx].astype(np.int64) * (cur.n + 1) + B[idx]
-        key, count = np.unique(key, return_counts=True)
+        starts, lengths = _runs(prev.labels, cur.labels)
+        a = prev.labels.ravel()[starts]
+        b = cur.labels.ravel()[starts]
+        both = (a > 0) & (b > 0)
+        length = lengths[both]
+        persisted = int(length.sum())
+        key = a[both].astype(np.int64) * (cur.n + 1) + b[both]
+        key, inverse = np.unique(key, return_inverse=True)
+        count = np.bincount(inverse, weights=length, minlength=key.size)
         ea, eb = np.divmod(key, cur.n + 1)
         smaller = np.minimum(prev.area_px[ea], cur.area_px[eb])
         keep = count >= self.min_overlap_fraction * smaller
@@ -621,26 +649,27 @@ class IslandTracker:
     def _tolerance_pairs(prev, cur, lonely_a, lonely_b, radius):
         import cv2
 
-        # Dilating a label image by a max filter is exact as long as two
-        # unlinked islands do not lie within the radius of each other, and
-        # float32 holds labels exactly below 2**24.
-        dtype = np.float32 if prev.n < 2**24 else np.float64
-        lut = np.where(lonely_a, np.arange(prev.n + 1), 0).astype(dtype)
-        a_only = lut[prev.labels]
+        # Only islands that overlap nothing are searched, each in its own
+        # bounding box grown by the radius: cheap however large the frame.
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-        grown = cv2.dilate(a_only, kernel).ravel()
-        B = cur.labels.ravel()
-        idx = np.flatnonzero(lonely_b[B] & (grown > 0))
-        if idx.size == 0:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
-        key = grown[idx].astype(np.int64) * (cur.n + 1) + B[idx]
-        key, count = np.unique(key, return_counts=True)
-        pa, pb = np.divmod(key, cur.n + 1)
+        rows, cols = prev.labels.shape
+        pa, pb, pc = [], [], []
+        for a in np.flatnonzero(lonely_a):
+            r0, r1, c0, c1 = prev.bbox[:, a]
+            win = (slice(max(r0 - radius, 0), min(r1 + radius + 1, rows)),
+                   slice(max(c0 - radius, 0), min(c1 + radius + 1, cols)))
+            grown = cv2.dilate((prev.labels[win] == a).view(np.uint8), kernel).view(bool)
+            near = cur.labels[win][grown]
+            near = near[lonely_b[near]]
+            if near.size:
+                ids, count = np.unique(near, return_counts=True)
+                pa.extend([a] * ids.size)
+                pb.extend(ids.tolist())
+                pc.extend(count.tolist())
         # Best-overlap-first one-to-one assignment: the fallback only repairs
         # misregistered 1:1 continuations, it never creates merges or splits.
-        order = np.argsort(-count, kind="stable")
         used_a, used_b, out_a, out_b = set(), set(), [], []
-        for i in order:
+        for i in np.argsort(-np.asarray(pc), kind="stable"):
             a, b = int(pa[i]), int(pb[i])
             if a in used_a or b in used_b:
                 continue
@@ -682,16 +711,14 @@ class IslandTracker:
             self.graph[int(cur.ids[b])] = [int(p) for p in pids]
 
         # Fraction of each unlinked island's footprint imaged in the other frame.
-        def observed_fraction(frame_labels, n, other_observed):
+        def observed_fraction(frame, other_observed):
             if other_observed is None:
-                return np.ones(n + 1)
-            hidden = np.bincount(frame_labels[~other_observed], minlength=n + 1)
-            area = np.bincount(frame_labels.ravel(), minlength=n + 1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                return 1.0 - hidden / np.maximum(area, 1)
+                return np.ones(frame.n + 1)
+            hidden = np.bincount(frame.labels[~other_observed], minlength=frame.n + 1)
+            return 1.0 - hidden / np.maximum(frame.area_px, 1)
 
-        frac_prev_seen = observed_fraction(prev.labels, na, cur.observed)
-        frac_cur_seen = observed_fraction(cur.labels, nb, prev.observed)
+        frac_prev_seen = observed_fraction(prev, cur.observed)
+        frac_cur_seen = observed_fraction(cur, prev.observed)
 
         # Classification of each island (index 0 is background and ignored).
         b_has_multi_parent = deg_b >= 2

@@ -144,8 +144,10 @@ def show_table(table: Table, frame: pd.DataFrame, *, digits: int = 4) -> None:
     for col in shown.columns:
         if pd.api.types.is_float_dtype(shown[col]):
             shown[col] = shown[col].round(digits)
-    table.value = shown.reset_index(drop=True)
+    # As objects: a Table casts a frame of mixed columns to one float dtype (frame 0 -> "0.0").
+    table.value = shown.reset_index(drop=True).astype(object)
     table.read_only = True
+    table.min_height = 160
 
 
 class StepWidget(QWidget):
@@ -246,14 +248,14 @@ class StepWidget(QWidget):
             except Cancelled:
                 return None
 
-        worker = thread_worker(work, start_thread=False)()
+        # Connecting `errored` here also stops superqt from re-raising the error on the GUI thread.
+        worker = thread_worker(work, start_thread=False, connect={"errored": self._fail})()
         # Some napari versions relay worker errors with a traceback; show the API's one-line message instead.
         relay = getattr(worker, "_relay_error", None)
         if relay is not None:
             with contextlib.suppress(TypeError, RuntimeError):  # not connected in this napari version
                 worker.errored.disconnect(relay)
         worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._fail)
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._busy = True

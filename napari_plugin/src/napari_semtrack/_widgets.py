@@ -488,7 +488,7 @@ class TrackWidget(StepWidget):
         colors = [event_color(e) for e in events["event"]]
         replace_layer(self.viewer, "island events", lambda: self.viewer.add_points(
             coords.reshape(-1, 3), name="island events", scale=scale, features=events,
-            face_color=colors if colors else "white", border_color="black", size=12, symbol="star",
+            face_color=colors if colors else "white", border_color="black", size=24, symbol="star",
             out_of_slice_display=False, metadata=metadata,
         ))
         self.events = events
@@ -544,7 +544,7 @@ class ExportWidget(StepWidget):
             if classifier is None:
                 raise ValueError("the segmentation used a classifier that is not available; segment again")
             # The pipeline reads classifiers from files: keep the one trained on screen with the results.
-            path = out_dir / "pixel_classifier.skops"
+            path = out_dir / "pixel_classifier.pkl"
             config = config.updated({"segment": {"classifier_path": str(path)}})
         else:
             path = None
