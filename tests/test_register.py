@@ -305,6 +305,17 @@ def test_strategies_agree_on_short_series(reference, world, strategy):
         assert rms_px(est, t, INTERIOR) < 0.05
 
 
+@pytest.mark.parametrize("strategy", ["direct", "chained"])
+def test_reference_other_than_first(world, strategy):
+    truths = [similarity(dx=-4, dy=6, rot_deg=-0.7), similarity(dx=5, dy=3, rot_deg=0.5), np.eye(3)]
+    frames = [view(world, t) for t in truths]
+    reg = register_series(frames, marker=MARKER, reference=2, strategy=strategy)
+    assert reg.reference == 2
+    np.testing.assert_array_equal(reg.frames[2].matrix, np.eye(3))
+    for est, t in zip(reg.matrices, truths):
+        assert rms_px(est, t, INTERIOR) < 0.05
+
+
 def test_series_error_names_file(tmp_path, reference, world):
     from semtrack.io import read_series, write_sem_tiff
 

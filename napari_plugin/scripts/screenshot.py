@@ -67,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     steps["4 Track"].parentWidget().raise_()
     viewer.dims.set_point(0, raw.data.shape[0] - 1)
     viewer.reset_view()
+    # Close notification toasts (napari's own start-up notices) so they do not cover the canvas.
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(path=str(args.out), canvas_only=False, flash=False)
     print(args.out)

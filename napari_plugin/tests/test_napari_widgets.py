@@ -195,13 +195,15 @@ def test_workflow_reproduces_the_pipeline(opened, qtbot, tmp_path):
     exp = dock(viewer, ExportWidget)
     exp.source.value = islands
     exp.out_dir.value = out
-    exp.report.value = False
+    assert exp.report.value is True  # the default of ReportConfig.html
     result = run_step(qtbot, exp)
-    for name in ("frames.csv", "grains.csv", "islands.csv", "events.csv", "intervals.csv", "run.json"):
+    for name in ("frames.csv", "grains.csv", "islands.csv", "events.csv", "intervals.csv", "run.json",
+                 "report.html"):
         assert (out / name).is_file(), name
     events = pd.read_csv(out / "events.csv")
     assert len(events) == len(expected.events)
     shown_graph = {int(k): sorted(int(p) for p in v) for k, v in (trk.result["graph"] or {}).items()}
+    assert shown_graph, "the synthetic series should hold a coalescence or split"
     assert shown_graph == graph_from_events(events)
     pd.testing.assert_frame_equal(
         result.frames.drop(columns=["file"]), expected.frames.drop(columns=["file"]), check_exact=False
@@ -294,3 +296,25 @@ def test_cancel_stops_the_step_without_adding_layers(opened, qtbot):
     assert reg.status.text() == "cancelled"
     assert f"{raw.name} registered" not in viewer.layers
     assert reg.run_button.isEnabled() and not reg.cancel_button.isEnabled()
+
+
+def test_api_errors_reach_the_notification_unchanged(opened, qtbot, errors, tmp_path):
+    viewer, raw = opened
+    reg = dock(viewer, RegisterWidget)
+    reg.image.value = raw
+    run_step(qtbot, reg)
+    seg = dock(viewer, SegmentWidget)
+    seg.image.value = viewer.layers[f"{raw.name} registered"]
+    bogus = tmp_path / "not_a_classifier.pkl"
+    bogus.write_bytes(b"this is not a classifier")
+    seg.method.value = "classifier file"
+    seg.classifier_file.value = bogus
+    with qtbot.waitSignal(seg.completed, timeout=TIMEOUT_MS) as blocker:
+        seg.run()
+    assert blocker.args[0] is None
+    from semtrack.errors import SemtrackError
+
+    assert isinstance(seg.last_error, SemtrackError)
+    assert errors[-1] == str(seg.last_error)
+    assert "not_a_classifier.pkl" in errors[-1]
+    assert "phases" not in viewer.layers

@@ -8,7 +8,6 @@ to per-frame numbers: count, ECD statistics and the ASTM E112-13 G-numbers.
 from __future__ import annotations
 
 import heapq
-import logging
 import math
 
 import cv2
@@ -25,8 +24,6 @@ __all__ = [
     "astm_g_from_intercept",
     "GRAIN_COLUMNS",
 ]
-
-log = logging.getLogger(__name__)
 
 #: Columns of the per-grain table returned by :func:`measure_grains`, with their meaning.
 GRAIN_COLUMNS: dict[str, str] = {
@@ -246,8 +243,9 @@ def _split_grains(grain: np.ndarray, min_area_px: float) -> np.ndarray:
     The watershed runs on a grid ``factor`` times coarser than the image (see
     `_coarse_factor`); the distance map is computed at full resolution and
     sampled at block centres, so glass films thinner than a coarse pixel still
-    show as deep dips. Full-resolution labels are the coarse ones, with the grain mask, its
-    connected components and nearest-label filling restoring the exact outline.
+    show as deep dips. Full-resolution labels are the coarse ones, with the
+    grain mask, its connected components and nearest-label filling restoring
+    the exact outline.
     """
     mask = grain.view(np.uint8)
     # cv2 treats pixels beyond the image edge as grain, so grains cut by the edge are not split there.
@@ -676,20 +674,19 @@ def _mean_intercept_px(phases, labels, grain_code, occluder_code) -> float:
         if phases is not None and np.shape(phases) != labels.shape:
             raise ValueError(f"`labels` shape {labels.shape} differs from `phases` shape {np.shape(phases)}")
         region = np.asarray(phases) != OUTSIDE if phases is not None else np.ones(labels.shape, bool)
-        grain = labels.astype(np.int64)
+        code = np.where(labels > 0, labels, 0).astype(np.int32)
     else:
         phases = np.asarray(phases)
         if phases.ndim != 2:
             raise ValueError(f"`phases` must be a 2-D phase map, got shape {phases.shape}")
         region = phases != OUTSIDE
-        grain = (phases == grain_code).astype(np.int64)
+        code = (phases == grain_code).astype(np.int32)
     # Not-grain pixels that end a test line: outside the region (-1), else ordinary gaps (0).
     # Occluders are handled as line ends too, since the grain continues under them.
-    code = np.where(grain > 0, grain, 0)
     stop = ~region
     if phases is not None and occluder_code is not None:
         stop |= np.asarray(phases) == occluder_code
-    code = np.where(stop, -1, code)
+    code[stop] = -1
     length = 0.0
     count = 0.0
     for lines in (code, code.T):

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -539,18 +539,22 @@ def _cubic_sampler(moving: _Level, tmpl: _Template, matrix: np.ndarray):
     return sample
 
 
-def _refine(tmpl: _Template, moving: _Level, matrix: np.ndarray, model: str, *, max_iter: int, tol: float, cubic: bool = False):
+def _refine(
+    tmpl: _Template, moving: _Level, matrix: np.ndarray, model: str, *, max_iter: int, tol: float, cubic: bool = False
+):
     """Inverse-compositional Lucas-Kanade with gain/offset fit and Huber weights.
 
     ``matrix`` (level pixels) maps template coordinates to moving coordinates.
     Returns the refined matrix, the iterations used and the robust residual (relative
     to the template's standard deviation).
     """
+    # Increments act about the marker's centre: keeps the normal equations well conditioned.
     c = np.array([[1, 0, tmpl.centre[0]], [0, 1, tmpl.centre[1]], [0, 0, 1.0]])
     c_inv = np.linalg.inv(c)
-    # Points centred on the marker keep the normal equations well conditioned.
+    # Convergence: the last step moves no marker corner by more than `tol`.
     corners = np.array(
-        [[tmpl.x.min(), tmpl.y.min()], [tmpl.x.max(), tmpl.y.min()], [tmpl.x.min(), tmpl.y.max()], [tmpl.x.max(), tmpl.y.max()]]
+        [[tmpl.x.min(), tmpl.y.min()], [tmpl.x.max(), tmpl.y.min()],
+         [tmpl.x.min(), tmpl.y.max()], [tmpl.x.max(), tmpl.y.max()]]
     )
     t_sd = float(np.std(tmpl.values)) or 1.0
     sample = _cubic_sampler(moving, tmpl, matrix) if cubic else lambda x, y: _bilinear(moving.image, moving.valid, x, y)
@@ -606,7 +610,8 @@ def _band_pass(raw: np.ndarray, smooth: np.ndarray) -> np.ndarray:
 def _score_sample(level: _Level, mask: np.ndarray) -> _ScoreSample:
     r = _SCORE_SUPPORT - _SUPPORT
     # Eroded further so that the wider band-pass filter, too, sees only marker pixels.
-    inner = cv2.erode(mask.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    kernel = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
+    inner = cv2.erode(mask.astype(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
     ys, xs = np.nonzero(inner if inner.sum() >= 256 else mask)
     step = max(1, int(math.sqrt(ys.size / 200_000)))
     keep = (ys % step == 0) & (xs % step == 0)
@@ -1158,7 +1163,9 @@ def resample(image, matrix, output_shape, *, order: int = 1, fill: float = np.na
     return out
 
 
-def analysed_region(registration: Registration, frame_shapes, frame_valid_rows, *, margin_px: float = 2.0) -> np.ndarray:
+def analysed_region(
+    registration: Registration, frame_shapes, frame_valid_rows, *, margin_px: float = 2.0
+) -> np.ndarray:
     """The part of the reference grid that every frame imaged, above its info bar.
 
     Parameters

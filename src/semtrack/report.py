@@ -1144,13 +1144,15 @@ def _grains_section(o: _Outputs, figures: _Figures, use_log: bool) -> str:
     if in_frame.empty:
         first = int(grains["frame"].min())
         in_frame, which = grains[grains["frame"] == first], f"frame {first}"
-    excluded = 0
+    excluded = kept_border = 0
     if "touches_border" in in_frame.columns:
         border = _as_bool(in_frame["touches_border"])
         # Border grains are cut by the field edge: their ECD is biased low.
         if (~border).sum() >= 5:
             excluded = int(border.sum())
             in_frame = in_frame[~border]
+        else:
+            kept_border = int(border.sum())
     ecd = pd.to_numeric(in_frame[ecd_column], errors="coerce").dropna().to_numpy(float)
     ecd = ecd[ecd > 0]
     if ecd.size == 0:
@@ -1178,7 +1180,12 @@ def _grains_section(o: _Outputs, figures: _Figures, use_log: bool) -> str:
     _style(ax)
     uri = figures.save(fig, "grain_sizes")
     caption = f"ECD histogram of NaSICON grains in the {which}"
-    caption += f", {excluded} grain(s) touching the border excluded." if excluded else "."
+    if excluded:
+        caption += f", {excluded} grain(s) touching the border excluded."
+    elif kept_border:
+        caption += f", including {kept_border} grain(s) touching the border (too few interior grains)."
+    else:
+        caption += "."
     if not o.calibrated:
         caption += " Uncalibrated: ECD in px; ASTM G numbers need a pixel size."
     out = [_figure_html(uri, "grain size distribution", caption)]

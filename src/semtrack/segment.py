@@ -52,6 +52,7 @@ __all__ = [
     "segment_frame",
     "PixelClassifier",
     "estimate_noise",
+    "simulate_scribbles",
 ]
 
 DEFAULT_BRIGHTNESS_ORDER: tuple[str, ...] = ("pore", "na3po4", "glass", "nasicon")
@@ -312,14 +313,21 @@ def _find_thresholds(values: np.ndarray, n: int, min_valley: float = _MIN_VALLEY
     lo, hi = np.quantile(values, [0.001, 0.999])
     if hi <= lo:
         raise SegmentationError("the image has almost no contrast: there are no phases to separate")
+    valleys = _valleys(values, n, min_valley)
+    if valleys.size == n - 1:
+        return valleys
+    return _multiotsu(values, n)
+
+
+def _valleys(values: np.ndarray, n: int, min_valley: float = _MIN_VALLEY) -> np.ndarray:
+    """Up to ``n - 1`` deepest valleys of the smoothed log-histogram, sorted."""
+    lo, hi = np.quantile(values, [0.001, 0.999])
     hist, edges = np.histogram(np.clip(values, lo, hi), bins=256, range=(lo, hi))
     centres = 0.5 * (edges[:-1] + edges[1:])
     log_hist = ndi.gaussian_filter1d(np.log1p(hist.astype(float)), 2.0)
     idx, props = find_peaks(-log_hist, prominence=min_valley)
-    if idx.size >= n - 1:
-        best = np.sort(idx[np.argsort(props["prominences"])[::-1][: n - 1]])
-        return centres[best]
-    return _multiotsu(values, n)
+    best = np.sort(idx[np.argsort(props["prominences"])[::-1][: n - 1]])
+    return centres[best]
 
 
 def _class_medians(values: np.ndarray, thresholds: np.ndarray, n: int) -> np.ndarray:
@@ -332,6 +340,23 @@ def _class_medians(values: np.ndarray, thresholds: np.ndarray, n: int) -> np.nda
     return med
 
 
+def _initial_anchors(values: np.ndarray, n: int, ia: int, ib: int) -> np.ndarray:
+    """Class medians (NaN where unknown) good enough to place the anchors of one frame.
+
+    A frame may lack a phase (no Na3PO4 yet); its histogram then has fewer valleys than the
+    series has boundaries. Counting classes from the bright end still finds the anchors when
+    enough valleys lie above the darker anchor; otherwise multi-Otsu gives the classes.
+    """
+    valleys = _valleys(values, n)
+    needed = n - 1 - ia
+    if 0 < valleys.size < n - 1 and valleys.size >= needed:
+        top = _class_medians(values, valleys, valleys.size + 1)
+        med = np.full(n, np.nan)
+        med[n - top.size :] = top
+        return med
+    return _class_medians(values, _find_thresholds(values, n), n)
+
+
 def _normalise_frame(values, thresholds_u, ia, ib, n, n_iter=8):
     """Affine map (a, b) with ``u = (x - a) / b`` putting the frame's anchor-class medians at 0 and 1.
 
@@ -339,7 +364,7 @@ def _normalise_frame(values, thresholds_u, ia, ib, n, n_iter=8):
     thresholds and re-estimation of the anchor medians, so that phase fractions (which change between
     frames) do not move the class definitions.
     """
-    med = _class_medians(values, _find_thresholds(values, n), n)
+    med = _initial_anchors(values, n, ia, ib)
     a, b = med[ia], med[ib] - med[ia]
     if not (np.isfinite(a) and np.isfinite(b) and b > 0):
         a, b = np.quantile(values, 0.5), max(np.quantile(values, 0.9) - np.quantile(values, 0.5), 1e-6)
@@ -457,7 +482,7 @@ def fit_phase_model(
 
     maps = []
     for vals in samples:
-        med = _class_medians(vals, _find_thresholds(vals, n), n)
+        med = _initial_anchors(vals, n, ia, ib)
         if not med[ib] > med[ia]:
             raise SegmentationError("the anchor phases have the same brightness; cannot normalise the frame")
         maps.append((med[ia], med[ib] - med[ia]))
@@ -781,8 +806,11 @@ class PixelClassifier:
     max_samples_per_phase : int
         Labelled pixels per phase used for training (a random subset when there are more).
     smoothing_sigma_px : float
-        Gaussian smoothing of the predicted probabilities before taking the most likely phase
-        (spatial regularisation); 0 disables.
+        Gaussian smoothing of the predicted probabilities (spatial regularisation); 0 disables.
+    seed_probability : float
+        :meth:`predict` keeps the forest's answer where its probability exceeds this and lets a
+        marker watershed on the gradient decide the rest (boundaries go to the intensity edges);
+        0 takes the most probable phase everywhere.
     random_state : int
         Seed of the forest and of the subsampling.
 
@@ -809,6 +837,7 @@ class PixelClassifier:
         n_estimators: int = 100,
         max_samples_per_phase: int = 20_000,
         smoothing_sigma_px: float = 1.0,
+        seed_probability: float = 0.95,
         random_state: int = 0,
     ):
         phase_names = tuple(phase_names)
@@ -825,7 +854,10 @@ class PixelClassifier:
         self.sigma_max = float(sigma_max)
         self.n_estimators = int(n_estimators)
         self.max_samples_per_phase = int(max_samples_per_phase)
+        if not 0 <= seed_probability < 1:
+            raise ValueError(f"`seed_probability` must be in [0, 1), got {seed_probability!r}")
         self.smoothing_sigma_px = float(smoothing_sigma_px)
+        self.seed_probability = float(seed_probability)
         self.random_state = int(random_state)
         self.forest_ = None
 
@@ -842,6 +874,7 @@ class PixelClassifier:
             "n_estimators": self.n_estimators,
             "max_samples_per_phase": self.max_samples_per_phase,
             "smoothing_sigma_px": self.smoothing_sigma_px,
+            "seed_probability": self.seed_probability,
             "random_state": self.random_state,
         }
 
@@ -980,7 +1013,15 @@ class PixelClassifier:
         img = _as_image(image)
         mask = _valid_mask(img, valid)
         proba = self.predict_proba(img, valid=mask)
-        out = proba.argmax(axis=0).astype(np.uint8)
+        best = proba.argmax(axis=0).astype(np.int32)
+        if self.seed_probability > 0:
+            # Confident pixels seed a watershed on the gradient, which puts the boundaries on the
+            # intensity edges; scribbles rarely touch boundaries, so the forest is unsure there.
+            smooth = _denoise(img, mask, estimate_noise(img, valid=mask), 1.5)
+            seeds = np.where(mask & (proba.max(axis=0) > self.seed_probability), best + 1, 0)
+            labels = watershed(_gradient(smooth, 1.0), seeds, mask=mask)
+            best = np.where(labels > 0, labels - 1, best)
+        out = best.astype(np.uint8)
         out[~mask] = OUTSIDE
         return out
 
@@ -1032,3 +1073,80 @@ class PixelClassifier:
         clf = cls(**payload["params"])
         clf.forest_ = payload["forest"]
         return clf
+
+
+def simulate_scribbles(
+    labels: Any,
+    *,
+    fraction: float = 0.015,
+    stroke_width_px: int = 3,
+    stroke_length_px: float = 40.0,
+    margin_px: int = 4,
+    seed: int = 0,
+) -> np.ndarray:
+    """Scribbles such as a user would draw, made from a true label image (for benchmarks and tests).
+
+    Straight strokes at random places and angles, kept ``margin_px`` inside each phase (users do not
+    paint boundaries), share ``fraction`` of the pixels equally between the phases present.
+
+    Parameters
+    ----------
+    labels : (M, N) int array
+        True phase codes; 255 = outside (never scribbled).
+    fraction : float
+        Target share of all pixels covered by scribbles, in (0, 1).
+    stroke_width_px, stroke_length_px, margin_px : int, float, int
+        Stroke width, largest stroke length, and distance kept from phase boundaries, in pixels.
+    seed : int
+        Random seed.
+
+    Returns
+    -------
+    (M, N) int32 array
+        0 = unlabelled, ``code + 1`` on scribbled pixels (the input of :meth:`PixelClassifier.fit`).
+
+    Examples
+    --------
+    >>> truth = np.zeros((100, 100), np.uint8); truth[:, 50:] = 1
+    >>> scr = simulate_scribbles(truth, fraction=0.02)
+    >>> sorted(np.unique(scr).tolist()), float((scr > 0).mean()) <= 0.025
+    ([0, 1, 2], True)
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"`labels` must be a 2-D label image, got shape {labels.shape}")
+    if not 0 < fraction < 1:
+        raise ValueError(f"`fraction` must be in (0, 1), got {fraction!r}")
+    rng = np.random.default_rng(seed)
+    height, width = labels.shape
+    out = np.zeros(labels.shape, np.int32)
+    codes = [int(c) for c in np.unique(labels) if c != OUTSIDE]
+    per_phase = fraction * labels.size / max(len(codes), 1)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin_px + 1, 2 * margin_px + 1))
+    for code in codes:
+        inner = cv2.erode((labels == code).astype(np.uint8), kernel).astype(bool)
+        ys, xs = np.nonzero(inner)
+        if ys.size == 0:
+            continue
+        drawn = 0
+        for _ in range(1000):
+            if drawn >= per_phase:
+                break
+            i = rng.integers(ys.size)
+            angle = rng.uniform(0, np.pi)
+            length = rng.uniform(0.5, 1.0) * stroke_length_px
+            end = (
+                int(np.clip(xs[i] + length * np.cos(angle), 0, width - 1)),
+                int(np.clip(ys[i] + length * np.sin(angle), 0, height - 1)),
+            )
+            stroke = np.zeros(labels.shape, np.uint8)
+            cv2.line(stroke, (int(xs[i]), int(ys[i])), end, 1, stroke_width_px)
+            new = stroke.astype(bool) & inner & (out == 0)
+            take = int(min(new.sum(), np.ceil(per_phase - drawn)))
+            if take < new.sum():
+                idx = np.flatnonzero(new)[:take]
+                new = np.zeros(labels.shape, bool)
+                new.flat[idx] = True
+            out[new] = code + 1
+            drawn += int(new.sum())
+    return out

@@ -99,8 +99,11 @@ def marker_from_shapes(shapes: Shapes, image: Image) -> tuple[int, int, int, int
     rows, cols = pixels[:, -2], pixels[:, -1]
     shape = image.data.shape[-2:]
     # Vertices sit on pixel centres; a rectangle from centre a to centre b covers pixels a..b.
-    y0, y1 = int(np.clip(np.floor(rows.min() + 0.5), 0, shape[0])), int(np.clip(np.floor(rows.max() + 0.5) + 1, 0, shape[0]))
-    x0, x1 = int(np.clip(np.floor(cols.min() + 0.5), 0, shape[1])), int(np.clip(np.floor(cols.max() + 0.5) + 1, 0, shape[1]))
+    def span(coords: np.ndarray, size: int) -> tuple[int, int]:
+        first, last = np.floor(coords.min() + 0.5), np.floor(coords.max() + 0.5) + 1
+        return int(np.clip(first, 0, size)), int(np.clip(last, 0, size))
+
+    (y0, y1), (x0, x1) = span(rows, shape[0]), span(cols, shape[1])
     if x1 <= x0 or y1 <= y0:
         raise ValueError(f"the marker rectangle in {shapes.name!r} lies outside the image {image.name!r}")
     return x0, y0, x1, y1

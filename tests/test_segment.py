@@ -1,0 +1,280 @@
+"""Tests of semtrack.segment: hand-made arrays with known answers, synthetic truth, real SEM images."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from semtrack.config import OUTSIDE, PHASE_CODES
+from semtrack.errors import ReadError, SegmentationError
+from semtrack.segment import (
+    PhaseModel,
+    PixelClassifier,
+    estimate_noise,
+    fit_phase_model,
+    segment_frame,
+    simulate_scribbles,
+)
+
+TWO = dict(phase_names=("dark", "bright"), brightness_order=("dark", "bright"))
+#: Mean BSE levels used by the hand-made four-phase image.
+LEVELS = {"pore": 0.05, "na3po4": 0.3, "glass": 0.5, "nasicon": 0.8}
+
+
+def _iou(a, b):
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+def _blocks(rng, noise=0.02, shape=(160, 160)):
+    """Four phases as big blocks (plus a small pore), truth in phase codes."""
+    truth = np.full(shape, PHASE_CODES["nasicon"], np.uint8)
+    truth[:, :40] = PHASE_CODES["glass"]
+    truth[100:150, 60:110] = PHASE_CODES["na3po4"]
+    truth[20:45, 70:95] = PHASE_CODES["pore"]
+    img = np.zeros(shape, np.float32)
+    for name, level in LEVELS.items():
+        img[truth == PHASE_CODES[name]] = level
+    return (img + noise * rng.standard_normal(shape)).astype(np.float32), truth
+
+
+def test_estimate_noise_known_sigma():
+    rng = np.random.default_rng(0)
+    img = 0.5 + 0.03 * rng.standard_normal((200, 200))
+    img[:, 100:] += 0.3  # an edge must not inflate the estimate much
+    assert estimate_noise(img) == pytest.approx(0.03, rel=0.1)
+
+
+def test_two_phases_known_area():
+    rng = np.random.default_rng(1)
+    img = np.full((128, 128), 0.7, np.float32)
+    img[30:90, 20:100] = 0.3
+    img += 0.03 * rng.standard_normal(img.shape).astype(np.float32)
+    phases = segment_frame(img, **TWO)
+    assert phases.dtype == np.uint8
+    assert abs(int((phases == 0).sum()) - 60 * 80) <= 20
+    assert _iou(phases == 0, np.pad(np.ones((60, 80), bool), ((30, 38), (20, 28)))) > 0.99
+
+
+def test_four_phases_hand_made():
+    rng = np.random.default_rng(2)
+    img, truth = _blocks(rng)
+    phases = segment_frame(img)
+    for code in range(4):
+        assert _iou(phases == code, truth == code) > 0.95, f"phase {code}"
+
+
+@pytest.mark.parametrize(("gain", "offset"), [(0.6, 0.1), (1.2, -0.05), (0.8, 0.0)])
+def test_brightness_contrast_invariance(gain, offset):
+    rng = np.random.default_rng(3)
+    img, truth = _blocks(rng)
+    model = fit_phase_model(img)
+    ref = segment_frame(img, model=model)
+    changed = segment_frame(np.clip(gain * img + offset, 0, 1), model=model)
+    assert (ref == changed).mean() > 0.995
+    assert model.medians[2] == pytest.approx(0.0) and model.medians[3] == pytest.approx(1.0)
+
+
+def test_series_model_handles_frame_without_a_phase():
+    """A frame without Na3PO4 (t = 0) keeps NaSICON/glass right under a model fitted on the series."""
+    rng = np.random.default_rng(4)
+    late, truth_late = _blocks(rng)
+    early = late.copy()
+    early[100:150, 60:110] = LEVELS["nasicon"] + 0.02 * rng.standard_normal((50, 50))
+    truth_early = truth_late.copy()
+    truth_early[100:150, 60:110] = PHASE_CODES["nasicon"]
+    model = fit_phase_model([early, 0.9 * late + 0.05])
+    phases = segment_frame(early, model=model)
+    assert not (phases == PHASE_CODES["na3po4"]).any() or (phases == PHASE_CODES["na3po4"]).mean() < 0.002
+    for name in ("glass", "nasicon"):
+        code = PHASE_CODES[name]
+        assert _iou(phases == code, truth_early == code) > 0.95
+
+
+def test_valid_mask_and_nan_are_outside():
+    rng = np.random.default_rng(5)
+    img, truth = _blocks(rng)
+    valid = np.ones(img.shape, bool)
+    valid[-20:] = False
+    img_nan = img.copy()
+    img_nan[:, -10:] = np.nan
+    phases, proba = segment_frame(img_nan, valid=valid, return_probabilities=True)
+    outside = ~valid | np.isnan(img_nan)
+    assert (phases[outside] == OUTSIDE).all()
+    assert (phases[~outside] != OUTSIDE).all()
+    assert proba.shape == (4, *img.shape) and proba.dtype == np.float32
+    assert np.allclose(proba[:, ~outside].sum(axis=0), 1, atol=1e-4)
+    assert (proba[:, outside] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "image",
+    [np.full((64, 64), 0.4, np.float32), np.where(np.eye(64, dtype=bool), 0.2, np.nan).astype(np.float32)],
+    ids=["constant", "almost-all-nan"],
+)
+def test_unsegmentable_image_raises(image):
+    with pytest.raises(SegmentationError, match="constant|valid pixels"):
+        segment_frame(image)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(brightness_order=("pore", "glass", "nasicon")), "brightness_order"),
+        (dict(phase_names=("a",), brightness_order=("a",)), "at least two"),
+        (dict(seed_fraction=0.0), "seed_fraction"),
+        (dict(valid=np.ones((3, 3), bool)), "valid"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    img, _ = _blocks(np.random.default_rng(6))
+    with pytest.raises(ValueError, match=match):
+        segment_frame(img, **kwargs)
+
+
+def test_phase_model_round_trip():
+    img, _ = _blocks(np.random.default_rng(7))
+    model = fit_phase_model(img)
+    again = PhaseModel.from_dict(json.loads(json.dumps(model.to_dict())))
+    assert again == model
+    with pytest.raises(SegmentationError, match="invalid phase model"):
+        PhaseModel.from_dict({**model.to_dict(), "thresholds": [0.1]})
+
+
+def test_uint8_input_is_scaled():
+    img, truth = _blocks(np.random.default_rng(8))
+    a = segment_frame(img)
+    b = segment_frame((np.clip(img, 0, 1) * 255).astype(np.uint8))
+    assert (a == b).mean() > 0.99
+
+
+# -------------------------------------------------------------------- synthetic ground truth
+
+
+def _metrics(pred, truth):
+    valid = truth != OUTSIDE
+    n = valid.sum()
+    frac_err = [100 * (((pred == c) & valid).sum() - ((truth == c) & valid).sum()) / n for c in range(4)]
+    ious = [_iou((pred == c) & valid, (truth == c) & valid) for c in range(4)]
+    g, s = PHASE_CODES["glass"], PHASE_CODES["nasicon"]
+
+    def gf(x):
+        return ((x == g) & valid).sum() / (((x == g) | (x == s)) & valid).sum()
+
+    return np.array(frac_err), np.array(ious), 100 * (gf(pred) - gf(truth))
+
+
+def test_synthetic_series_accuracy(synth_series):
+    s = synth_series
+    images = [im.astype(np.float32) / np.iinfo(im.dtype).max for im in s.images]
+    valids = [p != OUTSIDE for p in s.phases]
+    model = fit_phase_model(images, valid=valids)
+    for i, (img, valid) in enumerate(zip(images, valids, strict=True)):
+        pred = segment_frame(img, model=model, valid=valid, pixel_size_um=s.pixel_size_um)
+        frac_err, ious, gf_err = _metrics(pred, s.phases[i])
+        # measured on this series: <= 0.7 points per phase, mean IoU >= 0.80 (see benchmarks)
+        assert np.abs(frac_err).max() <= 1.0, f"frame {i}: {frac_err}"
+        assert abs(gf_err) <= 1.0, f"frame {i}: glass_fraction error {gf_err:.2f}"
+        assert ious.mean() >= 0.78, f"frame {i}: IoU {ious}"
+
+
+# -------------------------------------------------------------------- pixel classifier
+
+
+def test_classifier_learns_and_round_trips(tmp_path):
+    rng = np.random.default_rng(9)
+    img, truth = _blocks(rng, noise=0.03)
+    scribbles = simulate_scribbles(truth, fraction=0.02, seed=1)
+    assert (scribbles > 0).mean() <= 0.021
+    clf = PixelClassifier(n_estimators=20).fit(img, scribbles)
+    pred = clf.predict(img)
+    for code in range(4):
+        assert _iou(pred == code, truth == code) > 0.9
+    proba = clf.predict_proba(img)
+    assert proba.shape == (4, *img.shape)
+    path = tmp_path / "clf.semtrack"
+    clf.save(path)
+    again = PixelClassifier.load(path)
+    assert repr(again) == repr(clf)
+    assert (again.predict(img) == pred).all()
+
+
+def test_classifier_valid_mask_and_errors(tmp_path):
+    rng = np.random.default_rng(10)
+    img, truth = _blocks(rng)
+    scribbles = simulate_scribbles(truth, fraction=0.02)
+    valid = np.ones(img.shape, bool)
+    valid[:10] = False
+    clf = PixelClassifier(n_estimators=10)
+    with pytest.raises(SegmentationError, match="not trained"):
+        clf.predict(img)
+    clf.fit(img, scribbles, valid=valid)
+    assert (clf.predict(img, valid=valid)[:10] == OUTSIDE).all()
+    with pytest.raises(ValueError, match="at least two phases"):
+        PixelClassifier().fit(img, (truth == 2).astype(int) * 3)
+    with pytest.raises(ValueError, match=r"1\.\.4"):
+        PixelClassifier().fit(img, np.full(img.shape, 9))
+    bad = tmp_path / "bad.semtrack"
+    bad.write_bytes(b"not a pickle")
+    with pytest.raises(ReadError, match="not a semtrack pixel-classifier"):
+        PixelClassifier.load(bad)
+    with pytest.raises(ReadError, match="cannot read"):
+        PixelClassifier.load(tmp_path / "missing.semtrack")
+
+
+# -------------------------------------------------------------------- real SEM images
+
+
+def _load_super(real_sem):
+    import tifffile
+
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
+    folder = real_sem / "nasa_pmm_ebc_super" / "Super"
+    out = []
+    for path in sorted((folder / "images").glob("*.tif")):
+        img = tifffile.imread(path)[..., 0].astype(np.float32) / 255
+        mask = tifffile.imread(folder / "masks" / f"{path.stem}_mask.tif")[..., :3]
+        blue = (mask == (0, 0, 255)).all(-1)
+        red = (mask == (255, 0, 0)).all(-1)
+        # islands = secondary + tertiary precipitates: both are the dark gamma-prime phase
+        out.append((path.stem, img, blue | red))
+    if not out:
+        pytest.skip("Super images not found")
+    return out
+
+
+#: Settings for these 512-px SE images with ~70 px islands (heavier noise than our BSE frames).
+SUPER_KW = dict(phase_names=("island", "matrix"), brightness_order=("island", "matrix"),
+                denoise_sigma_px=3.0, seed_fraction=0.35)
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_real_super_unsupervised(real_sem):
+    data = _load_super(real_sem)
+    ious, errors = {}, {}
+    for name, img, truth in data:
+        pred = segment_frame(img, **SUPER_KW) == 0
+        ious[name] = _iou(pred, truth)
+        errors[name] = 100 * (pred.mean() - truth.mean())
+    assert np.mean(list(ious.values())) >= 0.85, ious
+    # lshr_15kx_3kv_0 (another alloy, strong topographic contrast) is the known exception
+    for name in ious:
+        if name.startswith("spot"):
+            assert ious[name] >= 0.88, (name, ious[name])
+            assert abs(errors[name]) <= 3.0, (name, errors[name])
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_real_super_classifier(real_sem):
+    data = _load_super(real_sem)
+    name, img, truth = data[1]  # spot1_0d_0
+    scribbles = simulate_scribbles(np.where(truth, 0, 1), fraction=0.015, seed=0)
+    assert (scribbles > 0).mean() <= 0.02
+    clf = PixelClassifier(phase_names=("island", "matrix"), n_estimators=50).fit(img, scribbles)
+    assert _iou(clf.predict(img) == 0, truth) >= 0.92
+    others = [_iou(clf.predict(im) == 0, t) for n, im, t in data if n != name]
+    assert np.mean(others) >= 0.85, others
