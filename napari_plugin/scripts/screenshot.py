@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     # Keep napari's PyQt5-deprecation toast out of the picture.
     warnings.filterwarnings("ignore", message="napari support for the PyQt5 backend")
     viewer = napari.Viewer(title="semtrack in napari")
-    viewer.window._qt_window.resize(*args.size)
+    viewer.window.resize(*args.size)
     [raw] = viewer.open_sample(PLUGIN, "nasicon_demo")
     steps = {}
     for title in ("1 Register", "2 Segment", "3 Grains", "4 Track"):

@@ -181,6 +181,7 @@ def test_workflow_reproduces_the_pipeline(opened, qtbot, tmp_path):
         assert set(np.unique(tracks.data[:, 0]).astype(int)) == set(expected.islands["island_id"].astype(int))
 
     # Screenshot after the Track step: an artifact for humans, and it must show something.
+    viewer.window.resize(1600, 1000)
     viewer.dims.set_point(0, n - 1)
     viewer.reset_view()
     ARTIFACTS.mkdir(exist_ok=True)

@@ -223,13 +223,16 @@ def batch_command(root, out_dir, config_file, workers, scheduler, quiet, verbose
 
 @main.command("report")
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--title", help="Report title (default: the series folder).")
+@click.option("--time-scale", type=click.Choice(["auto", "linear", "log"]), default="auto", show_default=True,
+              help="Time axes: log when times span decades (24 h ... 1055 h).")
 @click.option("--verbose", "-v", is_flag=True)
-def report_command(out_dir, verbose):
+def report_command(out_dir, title, time_scale, verbose):
     """(Re)write OUT_DIR/report.html from the results in OUT_DIR."""
     from .report import render
 
     try:
-        path = render(out_dir)
+        path = render(out_dir, title=title, time_scale=time_scale)
     except SemtrackError as exc:
         _fail(exc, verbose)
         sys.exit(EXIT_FAILED)

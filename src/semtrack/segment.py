@@ -833,11 +833,11 @@ class PixelClassifier:
         *,
         phase_names: Sequence[str] = PHASE_NAMES,
         sigma_min: float = 1.0,
-        sigma_max: float = 16.0,
+        sigma_max: float = 32.0,
         n_estimators: int = 100,
         max_samples_per_phase: int = 20_000,
         smoothing_sigma_px: float = 1.0,
-        seed_probability: float = 0.95,
+        seed_probability: float = 0.98,
         random_state: int = 0,
     ):
         phase_names = tuple(phase_names)
