@@ -201,6 +201,7 @@ def analyse_frame(
         pixel_size_um=pixel_size_um,
         island_code=PHASE_CODES["na3po4"],
         min_island_area_um2=config.track.min_island_area_um2,
+        smooth_um=config.track.smooth_um,
         valid=region,
     )
     return FrameAnalysis(phases, islands, fractions, grain_table, summary)
