@@ -39,17 +39,25 @@ def uncalibrated_folder(synthetic, tmp_path_factory):
 
 @pytest.fixture
 def viewer(make_napari_viewer):
-    """A napari viewer; skipped when there is no X display (offscreen Qt has no GL context)."""
-    if not os.environ.get("DISPLAY"):
-        pytest.skip("no X display: run the napari tests under xvfb-run (see DEVELOPERS.md)")
-    # Shown: under Xvfb a hidden canvas renders black screenshots.
+    """A shown napari viewer (under Xvfb a hidden canvas renders black screenshots).
+
+    Tests using it are skipped without an X display (offscreen Qt has no GL context here).
+    """
     return make_napari_viewer(show=True)
+
+
+#: Qt aborts the whole test process when it cannot open a display: skip instead.
+HAVE_DISPLAY = bool(os.environ.get("DISPLAY"))
+_NO_DISPLAY = pytest.mark.skip(reason="no X display: run the napari tests under xvfb-run (see DEVELOPERS.md)")
 
 
 def pytest_collection_modifyitems(config, items):
     here = Path(__file__).parent
     for item in items:
         if here in Path(str(item.fspath)).parents:
+            # Widgets need a QApplication even without a viewer.
+            if not HAVE_DISPLAY and ("viewer" in item.fixturenames or item.module.__name__.endswith("widgets")):
+                item.add_marker(_NO_DISPLAY)
             # napari 0.9 with PyQt5 warns at every viewer start that it cannot follow the system theme.
             item.add_marker(pytest.mark.filterwarnings(
                 "ignore:System theme detection requires a Qt6 backend:UserWarning"

@@ -17,6 +17,7 @@ from napari_semtrack._common import EVENT_COLORS, PHASE_COLORS, config_form
 from napari_semtrack._widgets import marker_from_shapes
 from semtrack import pipeline, register, segment
 from semtrack.config import OUTSIDE, Config, GrainsConfig, RegisterConfig, TrackConfig
+from semtrack.write import phase_map_path, read_label_map
 
 TIMEOUT_MS = 180_000
 #: Where tests leave files worth looking at (screenshots); gitignored.
@@ -227,6 +228,19 @@ def test_export_uses_the_choices_made_in_the_widgets(opened, qtbot):
     assert config.registration.model == "rigid"
     assert config.registration.marker == (4, 4, 91, 91)
     assert config.segment.method == Config().segment.method
+    # Grains and Track both branch from the phases layer: their choices are merged for the run.
+    info = registered.metadata["semtrack"]
+    viewer.add_labels(np.zeros((2, 4, 4), np.int32), name="g",
+                      metadata={"semtrack": {**info, "config": {"grains": {"min_grain_area_um2": 0.7}}}})
+    viewer.add_labels(np.zeros((2, 4, 4), np.int32), name="t",
+                      metadata={"semtrack": {**info, "config": {"track": {"link_tolerance_um": 0.9}}}})
+    viewer.add_labels(np.zeros((2, 4, 4), np.int32), name="other series",
+                      metadata={"semtrack": {"series": object(), "config": {"track": {"min_overlap_fraction": 0.5}}}})
+    merged = exp.config_for(viewer.layers["t"])
+    assert merged.grains.min_grain_area_um2 == 0.7
+    assert merged.track.link_tolerance_um == 0.9
+    assert merged.track.min_overlap_fraction == Config().track.min_overlap_fraction
+    assert merged.registration.marker == (4, 4, 91, 91)
 
 
 def test_trainable_segmentation_from_scribbles(opened, qtbot, synthetic, tmp_path):
@@ -251,7 +265,6 @@ def test_trainable_segmentation_from_scribbles(opened, qtbot, synthetic, tmp_pat
     keep = sparse & (truth != OUTSIDE) & registered.metadata["semtrack"]["region"]
     paint[keep] = truth[keep] + 1
     scribbles.data[0] = paint
-    seg.save_to.value = tmp_path / "clf.model"
     run_step(qtbot, seg)
     phases = viewer.layers["phases"]
     classifier = phases.metadata["semtrack"]["classifier"]
@@ -260,10 +273,17 @@ def test_trainable_segmentation_from_scribbles(opened, qtbot, synthetic, tmp_pat
     np.testing.assert_array_equal(phases.data[1], classifier.predict(image, valid=valid))
     inside = (truth != OUTSIDE) & valid
     assert np.mean(phases.data[0][inside] == truth[inside]) > 0.8
-    assert (tmp_path / "clf.model").is_file()
-    config = dock(viewer, ExportWidget).config_for(phases)
-    assert config.segment.method == "classifier"
-    assert config.segment.classifier_path == str(tmp_path / "clf.model")
+    # Export keeps the classifier trained on screen with the results and segments with it.
+    exp = dock(viewer, ExportWidget)
+    assert exp.config_for(phases).segment.method == "classifier"
+    exp.source.value = phases
+    exp.out_dir.value = tmp_path / "out"
+    exp.report.value = False
+    result = run_step(qtbot, exp)
+    assert result.config.segment.classifier_path == str(tmp_path / "out" / "pixel_classifier.pkl")
+    assert (tmp_path / "out" / "pixel_classifier.pkl").is_file()
+    for i in range(len(phases.data)):
+        np.testing.assert_array_equal(read_label_map(phase_map_path(tmp_path / "out", i)), phases.data[i])
 
 
 def test_errors_are_notified_with_the_api_message(opened, qtbot, errors, tmp_path):
@@ -319,3 +339,14 @@ def test_api_errors_reach_the_notification_unchanged(opened, qtbot, errors, tmp_
     assert errors[-1] == str(seg.last_error)
     assert "not_a_classifier.pkl" in errors[-1]
     assert "phases" not in viewer.layers
+
+
+@pytest.mark.parametrize(
+    ("title", "widget_type"),
+    [("1 Register", RegisterWidget), ("2 Segment", SegmentWidget), ("3 Grains", GrainsWidget),
+     ("4 Track", TrackWidget), ("5 Export", ExportWidget)],
+)
+def test_manifest_widgets_open_from_the_plugins_menu(viewer, title, widget_type):
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-semtrack", title)
+    assert isinstance(widget, widget_type)
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()

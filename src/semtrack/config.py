@@ -106,9 +106,32 @@ class SegmentConfig(_Section):
         ("pore", "na3po4", "glass", "nasicon"),
         description="Phase names from darkest to brightest in BSE.",
     )
-    denoise_sigma_um: float = Field(
-        0.0, ge=0, description="Extra edge-preserving smoothing in µm (0: automatic from noise)."
+    denoise_sigma_px: float = Field(
+        1.5, ge=0, description="Spatial sigma (px) of the edge-preserving bilateral denoising; 0 disables."
     )
+    gradient_sigma_px: float = Field(
+        1.0, gt=0, description="Gaussian sigma (px) of the gradient that places phase boundaries (watershed)."
+    )
+    seed_fraction: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Share of each class's off-edge pixels, farthest from the class boundaries, that seed "
+        "the watershed; smaller is safer on low-contrast images.",
+    )
+    blob_sigma_px: float = Field(
+        6.0, ge=0, description="Scale (px) of the background against which small dark blobs are seeded; 0 disables."
+    )
+    blob_contrast: float = Field(
+        3.0, ge=0, description="How much darker than that background (noise SDs) a blob must be."
+    )
+    film_depth: float = Field(
+        0.2,
+        ge=0,
+        description="Thin dark lines in the brightest phase deeper than this fraction of the "
+        "glass-NaSICON contrast become glass (films between touching grains); 0 disables.",
+    )
+    film_width_px: float = Field(2.0, gt=0, description="Largest half-width (px) of such a film.")
     min_object_area_um2: float = Field(
         0.05, ge=0, description="Phase specks smaller than this are merged into their surroundings."
     )

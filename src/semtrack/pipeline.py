@@ -376,17 +376,34 @@ def _registered_image(series: Series, registration, index: int) -> np.ndarray:
     return register.resample(series.image(index), registration.frames[index].matrix, ref_shape)
 
 
+#: Pixels of all frames together that the unsupervised phase model is fitted on. It samples
+#: about 2e5 values in all, so a window per frame is enough and keeps long series out of memory.
+_MODEL_FIT_PIXELS = 16_000_000
+
+
+def _fit_window(region: np.ndarray, n_frames: int) -> tuple[int, int, int, int]:
+    """The centred window (x0, y0, x1, y1) of the analysed region each frame contributes to the fit."""
+    ys, xs = np.nonzero(region)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    side = int(np.sqrt(max(_MODEL_FIT_PIXELS // n_frames, 256 * 256)))
+    h, w = min(side, y1 - y0), min(side, x1 - x0)
+    top, left = y0 + (y1 - y0 - h) // 2, x0 + (x1 - x0 - w) // 2
+    return left, top, left + w, top + h
+
+
 def _fit_model(series: Series, registration, region: np.ndarray, config: Config, notify: ProgressCallback):
     seg = config.segment
     if seg.method == "classifier":
         if not seg.classifier_path:
             raise SemtrackError("segment.method is 'classifier' but no segment.classifier_path is given")
         return segment.PixelClassifier.load(seg.classifier_path)
+    x0, y0, x1, y1 = _fit_window(region, len(series))
+    shift = np.array([[1.0, 0, x0], [0, 1, y0], [0, 0, 1]])
     images, valids = [], []
     for i in range(len(series)):
-        image = _registered_image(series, registration, i)
-        images.append(image)
-        valids.append(region & np.isfinite(image))
+        window = register.resample(series.image(i), registration.frames[i].matrix @ shift, (y1 - y0, x1 - x0))
+        images.append(window)
+        valids.append(region[y0:y1, x0:x1] & np.isfinite(window))
         notify("model", i + 1, len(series))
     return segment.fit_phase_model(
         images,

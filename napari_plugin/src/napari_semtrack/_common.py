@@ -64,6 +64,12 @@ def phase_colormap(phase_names: typing.Sequence[str] = PHASE_NAMES) -> DirectLab
 
     Phase code 0 (pore) is a real class here, not background, so the background value is moved
     to ``OUTSIDE``.
+
+    Examples
+    --------
+    >>> cmap = phase_colormap()
+    >>> cmap.background_value, float(cmap.color_dict[255][3]), float(cmap.color_dict[0][3])
+    (255, 0.0, 1.0)
     """
     fallback = ["#ff00ff", "#00ff00", "#ff8800", "#00ffff"]
     colors: dict[int | None, str] = {
@@ -111,7 +117,15 @@ def _bounds(field) -> tuple[float | None, float | None]:
 
 def config_form(section: type[BaseModel], names: typing.Sequence[str]) -> dict[str, Any]:
     """One magicgui widget per :class:`~semtrack.config.Config` field, with the field's default,
-    bounds and description (as tooltip), so the GUI can never drift from the API's defaults."""
+    bounds and description (as tooltip), so the GUI can never drift from the API's defaults.
+
+    Examples
+    --------
+    >>> from semtrack.config import RegisterConfig
+    >>> form = config_form(RegisterConfig, ["model", "min_score"])
+    >>> form["model"].value, form["min_score"].min, form["min_score"].max
+    ('similarity', -1.0, 1.0)
+    """
     widgets: dict[str, Any] = {}
     for name in names:
         field = section.model_fields[name]

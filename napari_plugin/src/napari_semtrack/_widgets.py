@@ -88,6 +88,14 @@ def marker_from_shapes(shapes: Shapes, image: Image) -> tuple[int, int, int, int
     ------
     ValueError
         The layer holds no shape, or the shape lies outside the image.
+
+    Examples
+    --------
+    >>> from napari.layers import Image, Shapes
+    >>> image = Image(np.zeros((2, 100, 100), np.float32), scale=(1, 0.05, 0.05))
+    >>> shapes = Shapes([np.array([[0.5, 1.0], [0.5, 2.0], [1.5, 2.0], [1.5, 1.0]])])  # in µm
+    >>> marker_from_shapes(shapes, image)
+    (20, 10, 41, 31)
     """
     if len(shapes.data) == 0:
         raise ValueError(f"the Shapes layer {shapes.name!r} is empty: draw a rectangle around the marker")
@@ -529,8 +537,20 @@ class ExportWidget(StepWidget):
         layout.addWidget(self.table.native)
 
     def config_for(self, layer: Layer) -> Config:
-        """The :class:`~semtrack.config.Config` the chosen layer's steps correspond to."""
-        changes = copy.deepcopy(semtrack_info(layer, "config", {}))
+        """The :class:`~semtrack.config.Config` of the steps run on ``layer``'s series.
+
+        Grains and Track both start from the phases layer, so their choices sit on different
+        layers: the choices stored on every layer of the same series are merged (oldest layer
+        first), and the chosen layer's own choices win.
+        """
+        series = semtrack_info(layer, "series")
+        others = [other for other in self.viewer.layers if other is not layer]
+        changes: dict[str, dict[str, Any]] = {}
+        for source in [*others, layer]:
+            if semtrack_info(source, "series") is not series:
+                continue
+            for section, values in semtrack_info(source, "config", {}).items():
+                changes.setdefault(section, {}).update(copy.deepcopy(values))
         changes.setdefault("report", {})["html"] = bool(self.report.value)
         return Config().updated(changes)
 

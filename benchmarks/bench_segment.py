@@ -1,0 +1,173 @@
+"""Phase segmentation against ground truth: synthetic series, real SEM images, and speed.
+
+1. Synthetic (``semtrack.synth.make_series``), glass fraction 5/20/35 %, several seeds: one phase
+   model per series (``fit_phase_model`` on all frames), ``segment_frame`` per frame. Per frame:
+   fraction error of each phase (points), IoU of each phase, glass_fraction error (points).
+   Targets (issue 4): |fraction error| <= 1.0, mean IoU >= 0.85, |glass_fraction error| <= 1.0.
+2. Real Super images (../shared/real_sem/nasa_pmm_ebc_super/Super, skipped when absent) as a
+   two-phase material; island = secondary + tertiary gamma-prime (both are the dark precipitate
+   phase and darker than the matrix; the issue's Otsu baseline of ~0.74 IoU is on this definition).
+   Unsupervised (targets: mean IoU >= 0.85, |area-fraction error| <= 3 points on every image);
+   trainable with simulated scribbles on <= 2 % of the pixels (target IoU >= 0.92 on the image),
+   and that model applied to the other six (target mean IoU >= 0.85). Plain Otsu shown for scale.
+3. Speed: ``segment_frame`` on a 2048 x 1536 synthetic frame with ``cv2.setNumThreads(1)``.
+
+Usage::
+
+    python benchmarks/bench_segment.py            # 512 px series, seeds 0-2, real images, 2048x1536 timing
+    python benchmarks/bench_segment.py --quick    # one seed, fewer real-image cross runs
+
+Writes ``benchmarks/out/segment.csv`` (one row per case; column ``kind`` says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from semtrack.config import OUTSIDE, PHASE_CODES, PHASE_NAMES
+from semtrack.segment import PixelClassifier, fit_phase_model, segment_frame, simulate_scribbles
+from semtrack.synth import make_series
+
+OUT = Path(__file__).resolve().parent / "out"
+SUPER = Path(__file__).resolve().parents[1] / ".." / "shared" / "real_sem" / "nasa_pmm_ebc_super" / "Super"
+SUPER_KW = dict(
+    phase_names=("island", "matrix"), brightness_order=("island", "matrix"), denoise_sigma_px=3.0, seed_fraction=0.35
+)
+
+
+def _iou(a, b):
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def synthetic_rows(seeds, glass_fractions, shape):
+    rows = []
+    g, s = PHASE_CODES["glass"], PHASE_CODES["nasicon"]
+    for seed in seeds:
+        for gf in glass_fractions:
+            series = make_series(shape=shape, n_frames=4, seed=seed, glass_fraction=gf)
+            images = [im.astype(np.float32) / np.iinfo(im.dtype).max for im in series.images]
+            valids = [p != OUTSIDE for p in series.phases]
+            t0 = time.perf_counter()
+            model = fit_phase_model(images, valid=valids)
+            fit_s = time.perf_counter() - t0
+            for i, (img, valid, truth) in enumerate(zip(images, valids, series.phases, strict=True)):
+                t0 = time.perf_counter()
+                pred = segment_frame(img, model=model, valid=valid, pixel_size_um=series.pixel_size_um)
+                seg_s = time.perf_counter() - t0
+                n = valid.sum()
+                row = dict(kind="synthetic", case=f"seed{seed}_glass{gf:.2f}", frame=i, seconds=seg_s, fit_seconds=fit_s)
+                for code, name in enumerate(PHASE_NAMES):
+                    p, t = (pred == code) & valid, (truth == code) & valid
+                    row[f"{name}_frac_err_pt"] = 100 * (p.sum() - t.sum()) / n
+                    row[f"{name}_iou"] = _iou(p, t)
+                row["mean_iou"] = np.mean([row[f"{nm}_iou"] for nm in PHASE_NAMES])
+                gfp = ((pred == g) & valid).sum() / (((pred == g) | (pred == s)) & valid).sum()
+                gft = ((truth == g) & valid).sum() / (((truth == g) | (truth == s)) & valid).sum()
+                row["glass_fraction_err_pt"] = 100 * (gfp - gft)
+                rows.append(row)
+    return rows
+
+
+def _load_super():
+    import tifffile
+
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
+    out = []
+    for path in sorted((SUPER / "images").glob("*.tif")):
+        img = tifffile.imread(path)[..., 0].astype(np.float32) / 255
+        mask = tifffile.imread(SUPER / "masks" / f"{path.stem}_mask.tif")[..., :3]
+        out.append((path.stem, img, (mask == (0, 0, 255)).all(-1) | (mask == (255, 0, 0)).all(-1)))
+    return out
+
+
+def real_rows(quick):
+    if not (SUPER / "images").is_dir():
+        print(f"real images not found at {SUPER}; skipped")
+        return []
+    from skimage.filters import gaussian, threshold_otsu
+
+    data = _load_super()
+    rows = []
+    for name, img, truth in data:
+        blurred = gaussian(img, 2)
+        otsu = blurred < threshold_otsu(blurred)
+        t0 = time.perf_counter()
+        pred = segment_frame(img, **SUPER_KW) == 0
+        rows.append(
+            dict(kind="real_unsupervised", case=name, seconds=time.perf_counter() - t0, iou=_iou(pred, truth),
+                 frac_err_pt=100 * (pred.mean() - truth.mean()), otsu_iou=_iou(otsu, truth),
+                 otsu_frac_err_pt=100 * (otsu.mean() - truth.mean()))
+        )
+    train_set = data[1:3] if quick else data
+    for name, img, truth in train_set:
+        scribbles = simulate_scribbles(np.where(truth, 0, 1), fraction=0.015, seed=0)
+        t0 = time.perf_counter()
+        clf = PixelClassifier(phase_names=("island", "matrix"), n_estimators=50).fit(img, scribbles)
+        train_s = time.perf_counter() - t0
+        self_iou = _iou(clf.predict(img) == 0, truth)
+        others = [_iou(clf.predict(im) == 0, t) for n, im, t in data if n != name]
+        rows.append(
+            dict(kind="real_classifier", case=name, seconds=train_s, scribble_fraction=float((scribbles > 0).mean()),
+                 iou=self_iou, cross_mean_iou=float(np.mean(others)), cross_min_iou=float(np.min(others)))
+        )
+    return rows
+
+
+def speed_rows(repeats):
+    cv2.setNumThreads(1)
+    series = make_series(shape=(1536 + 64, 2048), n_frames=1, seed=0, info_bar=True)
+    img = series.images[0].astype(np.float32) / 255
+    valid = series.phases[0] != OUTSIDE
+    model = fit_phase_model(img, valid=valid)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        segment_frame(img, model=model, valid=valid, pixel_size_um=series.pixel_size_um)
+        times.append(time.perf_counter() - t0)
+    return [dict(kind="speed", case=f"{img.shape[1]}x{img.shape[0]}", seconds=float(np.median(times)),
+                 seconds_min=float(np.min(times)))]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one seed, fewer cross-image runs")
+    args = parser.parse_args()
+    seeds = [0] if args.quick else [0, 1, 2]
+    rows = speed_rows(1 if args.quick else 3)
+    rows += synthetic_rows(seeds, [0.05, 0.2, 0.35], (512, 512))
+    rows += real_rows(args.quick)
+    df = pd.DataFrame(rows)
+    OUT.mkdir(parents=True, exist_ok=True)
+    df.to_csv(OUT / "segment.csv", index=False)
+
+    pd.set_option("display.width", 200, "display.max_columns", 30)
+    syn = df[df.kind == "synthetic"]
+    if len(syn):
+        cols = [f"{n}_frac_err_pt" for n in PHASE_NAMES] + ["mean_iou", "glass_fraction_err_pt", "seconds"]
+        print("\nSynthetic (512 px; targets |frac err| <= 1.0 pt, mean IoU >= 0.85, |glass_fraction err| <= 1.0 pt)")
+        print(syn[["case", "frame", *cols]].round(3).to_string(index=False))
+        worst = syn[[f"{n}_frac_err_pt" for n in PHASE_NAMES]].abs().max()
+        print(f"max |frac err| per phase: {worst.round(2).to_dict()}; mean IoU {syn.mean_iou.mean():.3f} "
+              f"(min {syn.mean_iou.min():.3f}); max |glass_fraction err| {syn.glass_fraction_err_pt.abs().max():.2f}")
+    for kind, title in [("real_unsupervised", "Real Super, unsupervised (targets mean IoU >= 0.85, |err| <= 3 pt)"),
+                        ("real_classifier", "Real Super, classifier (targets IoU >= 0.92, cross mean >= 0.85)")]:
+        part = df[df.kind == kind].dropna(axis=1, how="all")
+        if len(part):
+            print(f"\n{title}")
+            print(part.drop(columns="kind").round(3).to_string(index=False))
+            print(f"mean IoU {part.iou.mean():.3f}" + (f", mean cross IoU {part.cross_mean_iou.mean():.3f}"
+                                                       if "cross_mean_iou" in part else ""))
+    sp = df[df.kind == "speed"]
+    print(f"\nSpeed, one thread: segment_frame {sp.case.iloc[0]}: {sp.seconds.iloc[0]:.2f} s (median)")
+    print(f"wrote {OUT / 'segment.csv'}")
+
+
+if __name__ == "__main__":
+    main()
