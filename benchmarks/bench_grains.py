@@ -33,6 +33,7 @@ import pandas as pd
 from scipy import ndimage
 
 from semtrack.config import OUTSIDE
+from semtrack.errors import SemtrackError
 from semtrack.grains import grain_summary, measure_grains
 from semtrack.quantify import phase_fractions
 from semtrack.synth import make_series
@@ -107,8 +108,11 @@ def run_case(shape, glass_fraction, seed, repeats, segment):
     if segment is not None:
         valid = np.zeros(s.shape, bool)
         valid[: s.shape[0] - s.info_bar_rows] = True
-        t_seg, seg = best_time(lambda: segment(s.images[0], valid=valid, pixel_size_um=px), 1)
-        sources["segmented"] = (np.where(region, seg, OUTSIDE).astype(np.uint8), t_seg)
+        try:
+            t_seg, seg = best_time(lambda: segment(s.images[0], valid=valid, pixel_size_um=px), 1)
+            sources["segmented"] = (np.where(region, seg, OUTSIDE).astype(np.uint8), t_seg)
+        except SemtrackError as exc:
+            print(f"glass {glass_fraction} seed {seed}: segmentation failed ({exc})")
 
     rows = []
     for source, (phases, t_seg) in sources.items():

@@ -110,7 +110,9 @@ class SegmentConfig(_Section):
         1.5, ge=0, description="Spatial sigma (px) of the edge-preserving bilateral denoising; 0 disables."
     )
     gradient_sigma_px: float = Field(
-        1.0, gt=0, description="Gaussian sigma (px) of the gradient that places phase boundaries (watershed)."
+        0.0,
+        ge=0,
+        description="Extra Gaussian smoothing (px) of the denoised image before the boundary watershed; 0 = none.",
     )
     seed_fraction: float = Field(
         0.8,
@@ -126,7 +128,7 @@ class SegmentConfig(_Section):
         3.0, ge=0, description="How much darker than that background (noise SDs) a blob must be."
     )
     film_depth: float = Field(
-        0.2,
+        0.1,
         ge=0,
         description="Thin dark lines in the brightest phase deeper than this fraction of the "
         "glass-NaSICON contrast become glass (films between touching grains); 0 disables.",
