@@ -141,3 +141,14 @@ def test_uncalibrated_series_reports_px_units(synth_series, tmp_path):
     record = json.loads((out / "run.json").read_text())
     assert record["length_unit"] == "px" and record["pixel_size_source"] == "uncalibrated"
     assert any("uncalibrated" in w for w in record["warnings"])
+
+
+def test_user_marker_is_left_out_of_the_analysed_region(synth_series, synth_folder):
+    x0, y0, x1, y1 = synth_series.marker_rect
+    config = Config().updated({"registration": {"marker": (x0, y0, x1, y1)}})
+    result = run(synth_folder, config=config)
+    assert result.registration.marker_source == "user"
+    assert not result.region[y0:y1, x0:x1].any()
+    assert (result.phase_maps[0][y0:y1, x0:x1] == OUTSIDE).all()
+    kept = run(synth_folder, config=config.updated({"registration": {"exclude_marker": False}}))
+    assert kept.region[y0:y1, x0:x1].mean() > 0.9

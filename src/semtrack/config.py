@@ -83,6 +83,11 @@ class RegisterConfig(_Section):
         None,
         description="Marker rectangle x0,y0,x1,y1 in reference pixels; None chooses one automatically.",
     )
+    exclude_marker: bool = Field(
+        True,
+        description="Leave a user-given marker out of the analysed region (a detached piece or fiducial is "
+        "not the surface under study); an automatically chosen marker is ordinary microstructure and stays in.",
+    )
     reference: int = Field(0, ge=0, description="Index (time order) of the reference frame.")
     min_score: float = Field(
         0.5, ge=-1, le=1, description="Marker NCC below which a frame's registration is flagged poor."

@@ -76,6 +76,8 @@ class FrameAnalysis:
         Per-grain table of :func:`semtrack.grains.measure_grains`.
     grain_summary : dict
         :func:`semtrack.grains.grain_summary` of ``grains``.
+    preview : ndarray of uint8, shape (H, W)
+        The registered frame as 8-bit grey (0 where not imaged), for previews and event maps.
     """
 
     phases: np.ndarray
@@ -83,6 +85,7 @@ class FrameAnalysis:
     fractions: dict[str, float]
     grains: pd.DataFrame
     grain_summary: dict[str, float]
+    preview: np.ndarray
 
 
 @dataclass
@@ -174,8 +177,7 @@ def analyse_frame(
         phases = phase_model.predict(image, valid=valid)
     else:
         phases = segment.segment_frame(
-            image, model=phase_model, valid=valid, pixel_size_um=pixel_size_um,
-            **_segment_kwargs(config),
+            image, model=phase_model, valid=valid, pixel_size_um=pixel_size_um, **_segment_kwargs(config)
         )
     phase_names = tuple(config.segment.phase_names)
     fractions = quantify.phase_fractions(
@@ -194,7 +196,7 @@ def analyse_frame(
         valid=region,
     )
     summary = grains_mod.grain_summary(
-        grain_table, phases, pixel_size_um=pixel_size_um, grain_code=PHASE_CODES["nasicon"]
+        grain_table, phases, pixel_size_um=pixel_size_um, grain_code=PHASE_CODES["nasicon"], labels=grain_labels
     )
     islands = track.label_islands(
         phases,
@@ -204,11 +206,15 @@ def analyse_frame(
         smooth_um=config.track.smooth_um,
         valid=region,
     )
-    return FrameAnalysis(phases, islands, fractions, grain_table, summary)
+    return FrameAnalysis(phases, islands, fractions, grain_table, summary, _preview(image))
+
+
+#: SegmentConfig fields that are not keywords of ``segment.segment_frame``.
+_NOT_SEGMENT_KEYWORDS = {"method", "classifier_path"}
 
 
 def _segment_kwargs(config: Config) -> dict[str, Any]:
-    return {}
+    return {k: v for k, v in config.segment.model_dump().items() if k not in _NOT_SEGMENT_KEYWORDS}
 
 
 def run(
@@ -292,6 +298,9 @@ def run(
     region = register.analysed_region(
         registration, [f.shape for f in series.frames], [f.valid_rows for f in series.frames]
     )
+    if config.registration.exclude_marker and registration.marker_source == "user":
+        x0, y0, x1, y1 = registration.marker
+        region[max(y0, 0):y1, max(x0, 0):x1] = False
     if not region.any():
         raise SemtrackError("no area is imaged by every frame; nothing to analyse")
 
@@ -378,14 +387,14 @@ def _registered_image(series: Series, registration, index: int) -> np.ndarray:
 
 #: Pixels of all frames together that the unsupervised phase model is fitted on. It samples
 #: about 2e5 values in all, so a window per frame is enough and keeps long series out of memory.
-_MODEL_FIT_PIXELS = 16_000_000
+_MODEL_FIT_PIXELS = 4_000_000
 
 
 def _fit_window(region: np.ndarray, n_frames: int) -> tuple[int, int, int, int]:
     """The centred window (x0, y0, x1, y1) of the analysed region each frame contributes to the fit."""
     ys, xs = np.nonzero(region)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    side = int(np.sqrt(max(_MODEL_FIT_PIXELS // n_frames, 256 * 256)))
+    side = int(np.sqrt(max(_MODEL_FIT_PIXELS // n_frames, 512 * 512)))
     h, w = min(side, y1 - y0), min(side, x1 - x0)
     top, left = y0 + (y1 - y0 - h) // 2, x0 + (x1 - x0 - w) // 2
     return left, top, left + w, top + h
@@ -411,6 +420,7 @@ def _fit_model(series: Series, registration, region: np.ndarray, config: Config,
         phase_names=tuple(seg.phase_names),
         brightness_order=tuple(seg.brightness_order),
         pixel_size_um=series.pixel_size_um,
+        denoise_sigma_px=seg.denoise_sigma_px,
     )
 
 
@@ -462,6 +472,7 @@ def _analyse_frames(series, registration, region, phase_model, config, cache, fr
         nonlocal done
         if out is not None:
             write_label_map(analysis.phases, phase_map_path(out, i))
+            write_png(analysis.preview, preview_path(out, i))
         analyses.store(i, analysis)
         done += 1
         notify("frames", done, len(series))
@@ -478,10 +489,10 @@ def _analyse_frames(series, registration, region, phase_model, config, cache, fr
             finish(i, _frame_task(i, series, registration, region, phase_model, config))
     if out is not None:
         for i in range(len(series)):
-            if not phase_map_path(out, i).exists():
-                write_label_map(analyses.load(i).phases, phase_map_path(out, i))
-            if not preview_path(out, i).exists():
-                write_png(_preview(_registered_image(series, registration, i)), preview_path(out, i))
+            if not (phase_map_path(out, i).exists() and preview_path(out, i).exists()):
+                analysis = analyses.load(i)
+                write_label_map(analysis.phases, phase_map_path(out, i))
+                write_png(analysis.preview, preview_path(out, i))
     return analyses
 
 
@@ -567,6 +578,8 @@ def _write_outputs(result: Result, out: Path, notify: ProgressCallback) -> None:
 
 
 def _write_event_maps(result: Result, out: Path) -> None:
+    import cv2
+
     if not result.config.report.event_maps:
         return
     events = result.events
@@ -574,7 +587,7 @@ def _write_event_maps(result: Result, out: Path) -> None:
     previous = read_label_map(island_map_path(out, 0)) if n else None
     for i in range(1, n):
         current = read_label_map(island_map_path(out, i))
-        image = _registered_image(result.series, result.registration, i)
+        image = cv2.imread(str(preview_path(out, i)), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255
         interval = events[(events["frame_from"] == i - 1) & (events["frame_to"] == i)]
         rgb = track.event_map(
             np.where(result.region, image, np.nan), previous, current, interval,
