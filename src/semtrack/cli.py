@@ -71,7 +71,9 @@ def _parse_times(value: str | None) -> list[float] | None:
     try:
         return [float(v) for v in value.split(",")]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated hours such as 0,24,96, got {value!r}", param_hint="--times")
+        raise click.BadParameter(
+            f"expected comma-separated hours such as 0,24,96, got {value!r}", param_hint="--times"
+        ) from None
 
 
 def _build_config(config_file, marker, pixel_size_um, times, times_csv, t0, crop_bottom_px, model,

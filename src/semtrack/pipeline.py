@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import pickle
 import platform
 from collections.abc import Callable, Sequence
@@ -50,7 +49,17 @@ from .write import (
     write_table,
 )
 
-__all__ = ["Result", "FrameAnalysis", "analyse_frame", "run", "ProgressCallback"]
+__all__ = [
+    "Result",
+    "FrameAnalysis",
+    "analyse_frame",
+    "fit_model",
+    "segment_options",
+    "measure_frame_grains",
+    "label_frame_islands",
+    "run",
+    "ProgressCallback",
+]
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +186,7 @@ def analyse_frame(
         phases = phase_model.predict(image, valid=valid)
     else:
         phases = segment.segment_frame(
-            image, model=phase_model, valid=valid, pixel_size_um=pixel_size_um, **_segment_kwargs(config)
+            image, model=phase_model, valid=valid, pixel_size_um=pixel_size_um, **segment_options(config)
         )
     phase_names = tuple(config.segment.phase_names)
     fractions = quantify.phase_fractions(
@@ -187,18 +196,46 @@ def analyse_frame(
         confidence=config.quantify.confidence,
         tile_um=config.quantify.tile_um,
     )
-    grain_labels, grain_table = grains_mod.measure_grains(
+    _, grain_table, summary = measure_frame_grains(
+        phases, region=region, pixel_size_um=pixel_size_um, config=config
+    )
+    islands = label_frame_islands(phases, region=region, pixel_size_um=pixel_size_um, config=config)
+    return FrameAnalysis(phases, islands, fractions, grain_table, summary, _preview(image))
+
+
+def measure_frame_grains(
+    phases: np.ndarray, *, region: np.ndarray, pixel_size_um: float | None, config: Config | None = None
+) -> tuple[np.ndarray, pd.DataFrame, dict[str, float]]:
+    """Grain labels, per-grain table and per-frame summary of one phase map, as :func:`run` makes them.
+
+    Returns
+    -------
+    labels : ndarray of int32
+    table : DataFrame
+        :func:`semtrack.grains.measure_grains` columns.
+    summary : dict
+        :func:`semtrack.grains.grain_summary` (count, ECD statistics, ASTM E112 G-numbers).
+    """
+    config = config or Config()
+    code = PHASE_CODES["nasicon"]
+    labels, table = grains_mod.measure_grains(
         phases,
         pixel_size_um=pixel_size_um,
-        grain_code=PHASE_CODES["nasicon"],
+        grain_code=code,
         min_grain_area_um2=config.grains.min_grain_area_um2,
         split_touching=config.grains.split_touching,
         valid=region,
     )
-    summary = grains_mod.grain_summary(
-        grain_table, phases, pixel_size_um=pixel_size_um, grain_code=PHASE_CODES["nasicon"], labels=grain_labels
-    )
-    islands = track.label_islands(
+    summary = grains_mod.grain_summary(table, phases, pixel_size_um=pixel_size_um, grain_code=code, labels=labels)
+    return labels, table, summary
+
+
+def label_frame_islands(
+    phases: np.ndarray, *, region: np.ndarray, pixel_size_um: float | None, config: Config | None = None
+) -> np.ndarray:
+    """Na3PO4 island labels of one phase map (not yet persistent ids), as :func:`run` makes them."""
+    config = config or Config()
+    return track.label_islands(
         phases,
         pixel_size_um=pixel_size_um,
         island_code=PHASE_CODES["na3po4"],
@@ -206,14 +243,14 @@ def analyse_frame(
         smooth_um=config.track.smooth_um,
         valid=region,
     )
-    return FrameAnalysis(phases, islands, fractions, grain_table, summary, _preview(image))
 
 
 #: SegmentConfig fields that are not keywords of ``segment.segment_frame``.
 _NOT_SEGMENT_KEYWORDS = {"method", "classifier_path"}
 
 
-def _segment_kwargs(config: Config) -> dict[str, Any]:
+def segment_options(config: Config) -> dict[str, Any]:
+    """The keywords of :func:`semtrack.segment.segment_frame` that ``config.segment`` sets."""
     return {k: v for k, v in config.segment.model_dump().items() if k not in _NOT_SEGMENT_KEYWORDS}
 
 
@@ -293,8 +330,6 @@ def run(
         ),
     )
     warnings += [f"{series.frames[i].path.name}: {fr.warning}" for i, fr in enumerate(registration.frames) if fr.warning]
-    ref = config.registration.reference
-    ref_shape = series.frames[ref].shape
     region = register.analysed_region(
         registration, [f.shape for f in series.frames], [f.valid_rows for f in series.frames]
     )
@@ -305,7 +340,7 @@ def run(
         raise SemtrackError("no area is imaged by every frame; nothing to analyse")
 
     model_key = [inputs_key, registration.matrices.round(6).tolist(), config.segment.model_dump(mode="json")]
-    phase_model = _cached(cache, "phase_model", model_key, lambda: _fit_model(series, registration, region, config, notify))
+    phase_model = _cached(cache, "phase_model", model_key, lambda: fit_model(series, registration, region, config, lambda d, t: notify("model", d, t)))
 
     frame_key = [model_key, config.quantify.model_dump(mode="json"), config.grains.model_dump(mode="json"),
                  config.track.model_dump(mode="json"), _digest(np.packbits(region).tobytes())]
@@ -400,7 +435,36 @@ def _fit_window(region: np.ndarray, n_frames: int) -> tuple[int, int, int, int]:
     return left, top, left + w, top + h
 
 
-def _fit_model(series: Series, registration, region: np.ndarray, config: Config, notify: ProgressCallback):
+def fit_model(
+    series: Series,
+    registration,
+    region: np.ndarray,
+    config: Config | None = None,
+    progress: Callable[[int, int], None] | None = None,
+):
+    """The phase model every frame of a series is segmented with, as :func:`run` makes it.
+
+    Unsupervised: :func:`semtrack.segment.fit_phase_model` on a centred window of every
+    registered frame (windows keep long series out of memory; the fit samples ~2e5
+    pixels in all). Classifier: the trained :class:`~semtrack.segment.PixelClassifier`
+    named by ``config.segment.classifier_path``.
+
+    Parameters
+    ----------
+    series : Series
+    registration : semtrack.register.Registration
+    region : ndarray of bool, shape (H, W)
+        Analysed region in the reference grid.
+    config : Config, optional
+    progress : callable, optional
+        ``progress(done, total)`` over frames.
+
+    Returns
+    -------
+    PhaseModel or PixelClassifier
+    """
+    config = config or Config()
+    notify = progress or (lambda done, total: None)
     seg = config.segment
     if seg.method == "classifier":
         if not seg.classifier_path:
@@ -413,7 +477,7 @@ def _fit_model(series: Series, registration, region: np.ndarray, config: Config,
         window = register.resample(series.image(i), registration.frames[i].matrix @ shift, (y1 - y0, x1 - x0))
         images.append(window)
         valids.append(region[y0:y1, x0:x1] & np.isfinite(window))
-        notify("model", i + 1, len(series))
+        notify(i + 1, len(series))
     return segment.fit_phase_model(
         images,
         valid=valids,

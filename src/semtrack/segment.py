@@ -238,7 +238,7 @@ def estimate_noise(image: np.ndarray, *, valid: np.ndarray | None = None) -> flo
     if inner.sum() < 16:
         return 0.0
     # the median of |response| resists edges better than the mean of the original method
-    mad = float(np.median(np.abs(resp[inner])))
+    mad = float(np.median(np.abs(_sample(resp[inner], 500_000))))
     return mad / 0.6745 / 6.0
 
 
@@ -751,19 +751,22 @@ def _assign_lines(labels: np.ndarray, u: np.ndarray, medians: np.ndarray, mask: 
     lines = mask & (labels == 0)
     if not lines.any():
         return labels
+    # the lines are a small share of the frame: decide only there
+    rows, cols = np.nonzero(lines)
     kernel = np.ones((3, 3), np.uint8)
     lab = labels.astype(np.float32)
-    brighter = cv2.dilate(lab, kernel)
-    darker = cv2.erode(np.where(labels > 0, lab, np.float32(len(medians) + 1)), kernel)
+    brighter = cv2.dilate(lab, kernel)[rows, cols].astype(np.intp)
+    darker = cv2.erode(np.where(labels > 0, lab, np.float32(len(medians) + 1)), kernel)[rows, cols].astype(np.intp)
     has_dark = darker <= len(medians)
     has_bright = brighter > 0
     med = np.concatenate([[np.nan], medians])
-    d_dark = np.abs(u - med[np.where(has_dark, darker, 0).astype(int)])
-    d_bright = np.abs(u - med[brighter.astype(int)])
+    value = u[rows, cols]
+    d_dark = np.abs(value - med[np.where(has_dark, darker, 0)])
+    d_bright = np.abs(value - med[brighter])
     pick = np.where(has_dark & (~has_bright | (d_dark <= d_bright)), darker, brighter)
+    fill = has_dark | has_bright
     out = labels.copy()
-    fill = lines & (has_dark | has_bright)
-    out[fill] = pick[fill].astype(labels.dtype)
+    out[rows[fill], cols[fill]] = pick[fill].astype(labels.dtype)
     return out
 
 
@@ -830,14 +833,17 @@ def _probabilities(u: np.ndarray, thresholds: np.ndarray, width: float) -> np.nd
 def _remove_specks(labels: np.ndarray, mask: np.ndarray, min_px: int) -> np.ndarray:
     """Merge connected regions of one phase smaller than ``min_px`` into the nearest other phase."""
     specks = np.zeros(labels.shape, bool)
-    for rank in np.unique(labels[mask]):
-        comp, n = ndi.label((labels == rank) & mask)
-        if n == 0:
+    for rank in range(int(labels[mask].max()) + 1):
+        # OpenCV's labelling (Bolelli's algorithm) is ~3x faster than scipy's; 4-connectivity as ndi.label
+        n, comp = cv2.connectedComponentsWithAlgorithm(
+            ((labels == rank) & mask).view(np.uint8), 4, cv2.CV_32S, cv2.CCL_BOLELLI
+        )
+        if n <= 1:
             continue
-        sizes = np.bincount(comp.ravel())
-        small = sizes < min_px
+        small = np.bincount(comp.ravel(), minlength=n) < min_px
         small[0] = False
-        specks |= small[comp]
+        if small.any():
+            specks |= small[comp]
     if not specks.any() or specks[mask].all():
         return labels
     # grow the surrounding phases into the specks (they are a few pixels across)

@@ -19,10 +19,9 @@ import pandas as pd
 from magicgui.widgets import ComboBox, FileEdit, Label, PushButton, Table
 from napari.layers import Image, Labels, Layer, Shapes
 
-from semtrack import grains, pipeline, quantify, register, segment, track
+from semtrack import pipeline, quantify, register, segment, track
 from semtrack.config import (
     OUTSIDE,
-    PHASE_CODES,
     Config,
     GrainsConfig,
     QuantifyConfig,
@@ -254,7 +253,10 @@ class SegmentWidget(StepWidget):
         images = np.asarray(layer.data)
         region = semtrack_info(layer, "region")
         pixel_size_um = semtrack_info(layer, "pixel_size_um")
-        seg_cfg = SegmentConfig()
+        series = semtrack_info(layer, "series")
+        registration = semtrack_info(layer, "registration")
+        config = Config()
+        seg_cfg = config.segment
         q_cfg = QuantifyConfig(**form_values(self.options))
         method = self.method.value
         scribbles = None
@@ -281,12 +283,8 @@ class SegmentWidget(StepWidget):
             classifier = None
             phase_model = None
             if method == _METHOD_UNSUPERVISED:
-                progress("model", 0, 1)
-                phase_model = segment.fit_phase_model(
-                    list(images), valid=valids, phase_names=tuple(seg_cfg.phase_names),
-                    brightness_order=tuple(seg_cfg.brightness_order), pixel_size_um=pixel_size_um,
-                )
-                progress("model", 1, 1)
+                phase_model = pipeline.fit_model(series, registration, region, config,
+                                                 progress=lambda d, t: progress("model", d, t))
             elif method == _METHOD_TRAIN:
                 progress("train", 0, 1)
                 painted = [i for i in range(n) if scribbles[i].any()]
@@ -305,7 +303,8 @@ class SegmentWidget(StepWidget):
                     phases[i] = classifier.predict(images[i], valid=valids[i])
                 else:
                     phases[i] = segment.segment_frame(images[i], model=phase_model, valid=valids[i],
-                                                      pixel_size_um=pixel_size_um)
+                                                      pixel_size_um=pixel_size_um,
+                                                      **pipeline.segment_options(config))
                 rows.append(quantify.phase_fractions(
                     phases[i], phase_names=tuple(seg_cfg.phase_names), pixel_size_um=pixel_size_um,
                     confidence=q_cfg.confidence, tile_um=q_cfg.tile_um,
@@ -377,16 +376,16 @@ class GrainsWidget(StepWidget):
         region = semtrack_info(layer, "region")
         pixel_size_um = semtrack_info(layer, "pixel_size_um")
         options = form_values(self.options)
-        code = PHASE_CODES["nasicon"]
+        config = Config().updated({"grains": options})
 
         def task(progress):
             labels = np.zeros(phases.shape, np.int32)
             tables, summaries = [], []
             for i in range(len(phases)):
-                labels[i], table = grains.measure_grains(
-                    phases[i], pixel_size_um=pixel_size_um, grain_code=code, valid=region, **options
+                labels[i], table, summary = pipeline.measure_frame_grains(
+                    phases[i], region=region, pixel_size_um=pixel_size_um, config=config
                 )
-                summaries.append(grains.grain_summary(table, phases[i], pixel_size_um=pixel_size_um, grain_code=code))
+                summaries.append(summary)
                 tables.append(table.assign(frame=i))
                 progress("grains", i + 1, len(phases))
             table = pd.concat(tables, ignore_index=True)
@@ -454,13 +453,13 @@ class TrackWidget(StepWidget):
         pixel_size_um = semtrack_info(layer, "pixel_size_um")
         times = semtrack_info(layer, "times_h")
         options = form_values(self.options)
+        config = Config().updated({"track": options})
 
         def task(progress):
             labels = []
             for i in range(len(phases)):
-                labels.append(track.label_islands(
-                    phases[i], pixel_size_um=pixel_size_um, island_code=PHASE_CODES["na3po4"],
-                    min_island_area_um2=options["min_island_area_um2"], valid=region,
+                labels.append(pipeline.label_frame_islands(
+                    phases[i], region=region, pixel_size_um=pixel_size_um, config=config
                 ))
                 progress("islands", i + 1, len(phases))
             progress("link", 0, 1)
