@@ -327,8 +327,9 @@ def _truth_inside(grain_labels, region, pixel_size_um):
     return np.sqrt(4 * area / np.pi) * pixel_size_um
 
 
+@pytest.mark.parametrize("use_image", [False, True])
 @pytest.mark.parametrize(("glass_fraction", "seed"), [(0.1, 0), (0.35, 1)])
-def test_synthetic_truth(glass_fraction, seed):
+def test_synthetic_truth(glass_fraction, seed, use_image):
     synth = pytest.importorskip("semtrack.synth")
     s = synth.make_series(shape=(768, 1024), n_frames=1, glass_fraction=glass_fraction, seed=seed, n_islands=0)
     region = s.analysed_region()
@@ -338,8 +339,46 @@ def test_synthetic_truth(glass_fraction, seed):
     region[max(y0 - guard, 0) : y1 + guard, max(x0 - guard, 0) : x1 + guard] = False
     phases = np.where(region, s.phases_ref[0], OUTSIDE).astype(np.uint8)
     ecd_true = _truth_inside(s.grain_labels_ref, region, s.pixel_size_um)
-    labels, table = measure_grains(phases, pixel_size_um=s.pixel_size_um)
+    image = s.images[0] if use_image else None
+    labels, table = measure_grains(phases, pixel_size_um=s.pixel_size_um, image=image)
     out = grain_summary(table, phases, pixel_size_um=s.pixel_size_um, labels=labels)
     assert out["grain_count"] == pytest.approx(ecd_true.size, rel=0.10)
     assert out["grain_ecd_mean_um"] == pytest.approx(ecd_true.mean(), rel=0.05)
     assert out["grain_ecd_median_um"] == pytest.approx(np.median(ecd_true), rel=0.05)
+
+
+def _bar_of_two(brightness_right):
+    """A 40 x 80 px bar of two touching square grains (no neck), noisy BSE image."""
+    phases = _canvas()
+    phases[40:80, 40:120] = GRAIN
+    rng = np.random.default_rng(3)
+    image = rng.normal(90.0, 6.0, phases.shape)
+    image[40:80, 40:80] += 100.0
+    image[40:80, 80:120] += brightness_right
+    return phases, image
+
+
+def test_image_splits_grains_of_different_brightness():
+    phases, image = _bar_of_two(brightness_right=40.0)
+    _, shape_only = measure_grains(phases, pixel_size_um=1.0)
+    labels, table = measure_grains(phases, pixel_size_um=1.0, image=image)
+    assert len(shape_only) == 1
+    assert len(table) == 2
+    assert sorted(table["area_um2"]) == pytest.approx([1600, 1600], rel=0.1)
+    # The cut lies on the brightness step between the two squares.
+    assert labels[60, 45] != labels[60, 115]
+    assert labels[60, 45] == labels[60, 75]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_image_of_uniform_grain_does_not_split_it(dtype):
+    phases, image = _bar_of_two(brightness_right=100.0)
+    labels, table = measure_grains(phases, pixel_size_um=1.0, image=np.clip(image, 0, 255).astype(dtype))
+    assert len(table) == 1
+    assert table["area_um2"].iloc[0] == 3200
+
+
+def test_image_must_match_the_map():
+    phases, image = _bar_of_two(brightness_right=0.0)
+    with pytest.raises(ValueError, match="`image` must be a numeric image"):
+        measure_grains(phases, pixel_size_um=1.0, image=image[:-1])

@@ -69,7 +69,7 @@ def test_four_phases_hand_made():
 @pytest.mark.parametrize(("gain", "offset"), [(0.6, 0.1), (1.2, -0.05), (0.8, 0.0)])
 def test_brightness_contrast_invariance(gain, offset):
     rng = np.random.default_rng(3)
-    img, truth = _blocks(rng)
+    img, _ = _blocks(rng)
     model = fit_phase_model(img)
     ref = segment_frame(img, model=model)
     changed = segment_frame(np.clip(gain * img + offset, 0, 1), model=model)
@@ -95,7 +95,7 @@ def test_series_model_handles_frame_without_a_phase():
 
 def test_valid_mask_and_nan_are_outside():
     rng = np.random.default_rng(5)
-    img, truth = _blocks(rng)
+    img, _ = _blocks(rng)
     valid = np.ones(img.shape, bool)
     valid[-20:] = False
     img_nan = img.copy()
@@ -144,7 +144,7 @@ def test_phase_model_round_trip():
 
 
 def test_uint8_input_is_scaled():
-    img, truth = _blocks(np.random.default_rng(8))
+    img, _ = _blocks(np.random.default_rng(8))
     a = segment_frame(img)
     b = segment_frame((np.clip(img, 0, 1) * 255).astype(np.uint8))
     assert (a == b).mean() > 0.99
@@ -179,6 +179,66 @@ def test_synthetic_series_accuracy(synth_series):
         assert np.abs(frac_err).max() <= 1.25, f"frame {i}: {frac_err}"
         assert abs(gf_err) <= 1.25, f"frame {i}: glass_fraction error {gf_err:.2f}"
         assert ious.mean() >= 0.8, f"frame {i}: IoU {ious}"
+
+
+# -------------------------------------------------------------------- absent phases
+
+
+@pytest.mark.parametrize("absent", ["na3po4", "pore"])
+def test_absent_phase_gets_zero_without_model(absent):
+    """A phase missing from the image gets no pixels; the others keep their areas (model fitted here)."""
+    rng = np.random.default_rng(11)
+    img, truth = _blocks(rng)
+    gone = truth == PHASE_CODES[absent]
+    truth[gone] = PHASE_CODES["nasicon"]
+    img[gone] = LEVELS["nasicon"] + 0.02 * rng.standard_normal(int(gone.sum()))
+    phases = segment_frame(img)
+    assert not (phases == PHASE_CODES[absent]).any()
+    for code in set(range(4)) - {PHASE_CODES[absent]}:
+        assert _iou(phases == code, truth == code) > 0.98, f"phase {code}"
+
+
+@pytest.mark.parametrize("name", ["na3po4", "nasicon", "glass", "pore"])
+def test_frame_of_one_phase_under_series_model(name):
+    """A field that is all one phase keeps the series' class definitions and invents no other phase."""
+    rng = np.random.default_rng(12)
+    img, _ = _blocks(rng)
+    model = fit_phase_model(img)
+    only = (LEVELS[name] + 0.02 * rng.standard_normal((96, 96))).astype(np.float32)
+    phases = segment_frame(only, model=model)
+    assert (phases == PHASE_CODES[name]).mean() >= 0.99
+
+
+def test_single_phase_without_model_raises():
+    noise_only = (0.3 + 0.02 * np.random.default_rng(13).standard_normal((96, 96))).astype(np.float32)
+    with pytest.raises(SegmentationError, match="single phase or no contrast"):
+        segment_frame(noise_only)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(n_islands=0), dict(n_islands=0, pore_fraction=0.0), dict(pore_fraction=0.0)],
+    ids=["no-na3po4", "no-na3po4-no-pores", "no-pores"],
+)
+def test_synthetic_series_with_absent_phases(kwargs):
+    """Series without Na3PO4 (before exposure) and/or without pores: fractions within 1 point of truth,
+    and 0 for a phase absent from every frame."""
+    from semtrack.synth import make_series
+
+    s = make_series(shape=(320, 320), n_frames=3, seed=0, **kwargs)
+    images = [im.astype(np.float32) / np.iinfo(im.dtype).max for im in s.images]
+    valids = [p != OUTSIDE for p in s.phases]
+    model = fit_phase_model(images, valid=valids)
+    # absent phases are stored as finite, zero-width classes: the model stays strict JSON
+    assert PhaseModel.from_dict(json.loads(json.dumps(model.to_dict(), allow_nan=False))) == model
+    for i, (img, valid) in enumerate(zip(images, valids, strict=True)):
+        pred = segment_frame(img, model=model, valid=valid, pixel_size_um=s.pixel_size_um)
+        frac_err, _, gf_err = _metrics(pred, s.phases[i])
+        assert np.abs(frac_err).max() <= 1.0, f"frame {i}: {frac_err}"
+        assert abs(gf_err) <= 1.0, f"frame {i}: glass_fraction error {gf_err:.2f}"
+        for code in range(4):
+            if not (s.phases[i] == code).any():
+                assert not (pred == code).any(), f"frame {i}: phase {code} is absent but was found"
 
 
 # -------------------------------------------------------------------- pixel classifier

@@ -1,6 +1,6 @@
 """Fixtures for the napari-semtrack tests: a small synthetic series written as SEM TIFFs.
 
-Viewer tests need an X server with OpenGL (``xvfb-run``, see DEVELOPERS.md); without one they are
+Viewer tests need an X server with OpenGL (``xvfb-run``; `make test` sets it up); without one they are
 skipped, the reader tests still run.
 """
 
@@ -48,7 +48,7 @@ def viewer(make_napari_viewer):
 
 #: Qt aborts the whole test process when it cannot open a display: skip instead.
 HAVE_DISPLAY = bool(os.environ.get("DISPLAY"))
-_NO_DISPLAY = pytest.mark.skip(reason="no X display: run the napari tests under xvfb-run (see DEVELOPERS.md)")
+_NO_DISPLAY = pytest.mark.skip(reason="no X display: run the napari tests under xvfb-run (`make test` does)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -56,6 +56,12 @@ _SPLIT_DEPTH = 0.05
 #: across a mean chord of the grain phase (never coarser than _MAX_COARSE): it
 #: costs ~1 µs per pixel, and boundaries between grains move by < 1 coarse pixel.
 _COARSE_CHORD_PX = 10
+#: With an image: watershed seeds are the grain cells whose gradient is in
+#: this lowest quantile (flat interiors), and neighbouring pieces stay apart
+#: when their mean brightness differs by more than _BRIGHTNESS_STEP times the
+#: robust spread of cells inside pieces (noise plus shading).
+_FLAT_QUANTILE = 0.3
+_BRIGHTNESS_STEP = 1.6
 _MAX_COARSE = 6
 _FERET_ANGLES = np.deg2rad(np.arange(0.0, 180.0, 0.5))
 _FERET_DIRECTIONS = np.stack([np.cos(_FERET_ANGLES), np.sin(_FERET_ANGLES)])
@@ -121,6 +127,7 @@ def measure_grains(
     split_touching: bool = True,
     valid: np.ndarray | None = None,
     occluder_code: int | None = PHASE_CODES["na3po4"],
+    image: np.ndarray | None = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Separate the grains of one phase and measure each.
 
@@ -144,6 +151,11 @@ def measure_grains(
     occluder_code : int or None
         Phase that may lie on top of grains (Na3PO4 islands, 3): its pixels are
         unknown, not grain, and grains touching it are flagged ``occluded``.
+    image : (rows, cols) ndarray, optional
+        The registered BSE image the phase map came from. With it, grains that
+        touch without glass between them are also told apart by their
+        brightness (orientation contrast) and the boundary line between them
+        (see Notes). None: shape alone separates grains.
 
     Returns
     -------
@@ -213,10 +225,19 @@ def measure_grains(
             )
         region &= valid
     grain = region & (phases == grain_code)
+    if image is not None:
+        image = np.asarray(image)
+        if image.shape != phases.shape or not (
+            np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
+        ):
+            raise ValueError(
+                f"`image` must be a numeric image of the phase map's shape {phases.shape}, "
+                f"got {image.dtype} {image.shape}; pass the registered frame the phases came from"
+            )
     min_area_px = min_grain_area_um2 / scale**2
 
     if split_touching:
-        labels = _split_grains(grain, min_area_px)
+        labels = _split_grains(grain, min_area_px, image)
     else:
         labels = cv2.connectedComponents(grain.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)[1]
     labels = _drop_small(labels, min_area_px)
@@ -237,7 +258,7 @@ def _check_pixel_size(pixel_size_um) -> float:
     return float(pixel_size_um)
 
 
-def _split_grains(grain: np.ndarray, min_area_px: float) -> np.ndarray:
+def _split_grains(grain: np.ndarray, min_area_px: float, image: np.ndarray | None = None) -> np.ndarray:
     """Watershed of the distance map from regional-maximum seeds, shallow dips merged.
 
     The watershed runs on a grid ``factor`` times coarser than the image (see
@@ -245,7 +266,8 @@ def _split_grains(grain: np.ndarray, min_area_px: float) -> np.ndarray:
     sampled at block centres, so glass films thinner than a coarse pixel still
     show as deep dips. Full-resolution labels are the coarse ones, with the
     grain mask, its connected components and nearest-label filling restoring
-    the exact outline.
+    the exact outline. With `image`, the basins are those of the image gradient
+    and merging also needs matching brightness (`_merge_basins`).
     """
     mask = grain.view(np.uint8)
     # cv2 treats pixels beyond the image edge as grain, so grains cut by the edge are not split there.
@@ -267,14 +289,22 @@ def _split_grains(grain: np.ndarray, min_area_px: float) -> np.ndarray:
         dist_c, grain_c = dist, grain
     dist_c = np.where(grain_c, dist_c, 0).astype(np.float32)
 
-    peaks = (dist_c == cv2.dilate(dist_c, np.ones((3, 3), np.uint8))) & grain_c
-    n_seeds, seeds = cv2.connectedComponents(peaks.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-    basins = watershed(-dist_c, seeds, mask=grain_c)
+    if image is None:
+        peaks = (dist_c == cv2.dilate(dist_c, np.ones((3, 3), np.uint8))) & grain_c
+        n_seeds, seeds = cv2.connectedComponents(peaks.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        basins = watershed(-dist_c, seeds, mask=grain_c)
+        brightness = None
+    else:
+        # Gradient basins may span a neck of the grain mask: a segmentation's rough outline makes
+        # false necks, and the brightness rule keeps real ones (grains of different contrast) apart.
+        image_c = _coarse_image(image, factor)
+        basins, n_seeds = _gradient_basins(image_c, grain_c)
+        brightness = _basin_brightness(image_c, basins, n_seeds)
     peak = np.zeros(n_seeds, dtype=float)
-    np.maximum.at(peak, seeds[peaks], dist_c[peaks])
+    np.maximum.at(peak, basins.ravel(), dist_c.ravel())
     area = np.bincount(basins.ravel(), minlength=n_seeds).astype(float) * factor**2
     a, b, saddle = _saddles(basins, dist_c)
-    root = _merge_basins(n_seeds, a, b, saddle, peak, area, min_area_px)
+    root = _merge_basins(n_seeds, a, b, saddle, peak, area, min_area_px, brightness)
     coarse = root[basins].astype(np.float32)
     if factor == 1:
         return _relabel(coarse.astype(np.int32))
@@ -289,6 +319,41 @@ def _split_grains(grain: np.ndarray, min_area_px: float) -> np.ndarray:
             break
         labels[todo] = cv2.dilate(labels, kernel)[todo]
     return _respect_components(labels.astype(np.int32), grain)
+
+
+def _coarse_image(image: np.ndarray, factor: int) -> np.ndarray:
+    """Block means of the image on the watershed grid (noise averages out over a block)."""
+    image = np.asarray(image, dtype=np.float32)
+    if factor == 1:
+        return cv2.GaussianBlur(image, (0, 0), 1.0)
+    rows, cols = image.shape
+    pad_r, pad_c = -rows % factor, -cols % factor
+    padded = np.pad(image, ((0, pad_r), (0, pad_c)), mode="edge")
+    return cv2.resize(padded, ((cols + pad_c) // factor, (rows + pad_r) // factor), interpolation=cv2.INTER_AREA)
+
+
+def _gradient_basins(image_c: np.ndarray, grain_c: np.ndarray) -> tuple[np.ndarray, int]:
+    """Watershed of the gradient magnitude, seeded in flat grain interiors (an over-segmentation)."""
+    gx = cv2.Sobel(image_c, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(image_c, cv2.CV_32F, 0, 1, ksize=3)
+    grad = cv2.magnitude(gx, gy)
+    inside = grad[grain_c]
+    flat = grain_c & (grad <= (np.quantile(inside, _FLAT_QUANTILE) if inside.size else 0.0))
+    n_seeds, seeds = cv2.connectedComponents(flat.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    basins = watershed(grad, seeds, mask=grain_c)
+    return basins.astype(np.int32), n_seeds
+
+
+def _basin_brightness(image_c: np.ndarray, basins: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Brightness sum and cell count per basin, and the median spread of cells around their basin mean."""
+    flat = basins.ravel()
+    values = image_c.ravel().astype(float)
+    count = np.bincount(flat, minlength=n).astype(float)
+    total = np.bincount(flat, weights=values, minlength=n)
+    mean = total / np.maximum(count, 1)
+    spread = np.abs(values - mean[flat])[flat > 0]
+    scale = float(np.median(spread)) * 1.4826 if spread.size else 0.0
+    return total, count, max(scale, 1e-6)
 
 
 def _coarse_factor(grain: np.ndarray) -> int:
@@ -350,14 +415,20 @@ def _saddles(labels: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return key >> 32, key & 0xFFFFFFFF, value
 
 
-def _merge_basins(n, a, b, saddle, peak, area, min_area_px) -> np.ndarray:
+def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None) -> np.ndarray:
     """Union basins whose dip is too shallow to be a grain boundary, shallowest first.
 
-    Returns the final root of every basin label (0 stays 0).
+    With `brightness` (per-basin brightness sums and cell counts, and the
+    spread of brightness inside basins), basins of different brightness are
+    not merged either. Returns the final root of every basin label (0 stays 0).
     """
     parent = np.arange(n)
     peak = peak.copy()
     area = area.copy()
+    if brightness is not None:
+        total, cells, spread = brightness
+        total, cells = total.copy(), cells.copy()
+        step = _BRIGHTNESS_STEP * spread
     neighbours: list[dict[int, float]] = [dict() for _ in range(n)]
     for i, j, s in zip(a.tolist(), b.tolist(), saddle.tolist(), strict=True):
         neighbours[i][j] = s
@@ -375,7 +446,11 @@ def _merge_basins(n, a, b, saddle, peak, area, min_area_px) -> np.ndarray:
         depth = low - s
         if min(area[i], area[j]) < min_area_px:
             return 1.0 + s / max(low, 1e-9)
-        return max(_SPLIT_MIN_DEPTH_PX, _SPLIT_DEPTH * low) - depth
+        shape_rule = max(_SPLIT_MIN_DEPTH_PX, _SPLIT_DEPTH * low) - depth
+        if brightness is not None:
+            contrast = abs(total[i] / cells[i] - total[j] / cells[j])
+            shape_rule = min(shape_rule, 1.0 - contrast / step)
+        return shape_rule
 
     heap = [(-urgency(i, j, s), i, j) for i, j, s in zip(a.tolist(), b.tolist(), saddle.tolist(), strict=True)]
     heapq.heapify(heap)
@@ -395,6 +470,9 @@ def _merge_basins(n, a, b, saddle, peak, area, min_area_px) -> np.ndarray:
         parent[j] = i
         peak[i] = max(peak[i], peak[j])
         area[i] += area[j]
+        if brightness is not None:
+            total[i] += total[j]
+            cells[i] += cells[j]
         del neighbours[i][j]
         for k, s in neighbours[j].items():
             if k == i:

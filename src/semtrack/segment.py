@@ -2,7 +2,8 @@
 
 Unsupervised mode (:func:`fit_phase_model`, :func:`segment_frame`)
     1. Edge-preserving denoising (bilateral filter scaled to the measured noise).
-    2. Intensity classes, one per phase in the known brightness order. Class boundaries are the
+    2. Intensity classes, one per phase in the known brightness order (phases other than the two
+       anchors may be absent: they then get an empty class, see :func:`fit_phase_model`). Class boundaries are the
        valleys of the (log) histogram of off-edge pixels when the phases form separate peaks (so a
        1 % phase keeps its class and a dominant phase with grain-to-grain orientation contrast is
        not split), multi-Otsu when they overlap into one peak. Boundaries are stored in
@@ -380,6 +381,23 @@ def _initial_map(values, thresholds_u, ia, ib, n, hint=None):
     return best
 
 
+#: Distance (normalised units) beyond the data at which the thresholds of an absent darkest or
+#: brightest class are put (finite, so the model stays valid JSON).
+_FAR = 1e3
+
+
+def _present_classes(thresholds, ia, ib):
+    """Thresholds of the classes a model actually has (absent phases have zero-width classes), and
+    the anchors' and the number of classes in that reduced list."""
+    t = np.asarray(thresholds, float)
+    usable = np.unique(t[np.abs(t) < _FAR / 2])
+
+    def reduced(k):
+        return 0 if k == 0 else int(np.sum(usable <= t[k - 1]))
+
+    return usable, reduced(ia), reduced(ib), usable.size + 1
+
+
 def _normalise_frame(values, thresholds_u, ia, ib, n, n_iter=8, hint=None):
     """Affine map (a, b) with ``u = (x - a) / b`` putting the frame's anchor-class medians at 0 and 1.
 
@@ -387,6 +405,13 @@ def _normalise_frame(values, thresholds_u, ia, ib, n, n_iter=8, hint=None):
     thresholds and re-estimation of the anchor medians, so that phase fractions (which change between
     frames) do not move the class definitions.
     """
+    if hint is not None:
+        lo, hi = np.quantile(values, [0.001, 0.999])
+        if hi - lo < 0.5 * hint[1]:
+            # (almost) one phase, e.g. a field all Na3PO4: no classes of its own to fit the map to,
+            # so the series' usual brightness and contrast apply
+            return float(hint[0]), float(hint[1])
+    thresholds_u, ia, ib, n = _present_classes(thresholds_u, ia, ib)
     a, b = _initial_map(values, thresholds_u, ia, ib, n, hint)
     if not (np.isfinite(a) and np.isfinite(b) and b > 0):
         a, b = np.quantile(values, 0.5), max(np.quantile(values, 0.9) - np.quantile(values, 0.5), 1e-6)
@@ -425,6 +450,15 @@ def fit_phase_model(
     re-estimated against them, a few times. Pass every frame of a series, so that a phase absent
     from some frames (Na3PO4 at t = 0) is still defined, and fractions stay comparable over time.
 
+    The two anchor phases must be present; any other phase may be absent from every frame (no
+    Na3PO4 before exposure, a dense pellet without pores). Subsets of the other phases are tried
+    from the largest down; the first whose every class is populated and stands apart from its
+    neighbours (gap between class medians against their robust spreads) wins, and an absent phase
+    gets an empty class (two equal thresholds) rather than a split-off part of a neighbour. When a
+    lone class darker than the anchors could be either of two phases, it is the darkest phase
+    (pores) if its image intensity is below half the darker anchor's (near black), else the other.
+    Frames showing a single phase (grey levels within the noise) are left out of the fit.
+
     Parameters
     ----------
     images : (M, N) array or sequence of (M, N) arrays
@@ -453,7 +487,8 @@ def fit_phase_model(
     Raises
     ------
     SegmentationError
-        A frame is constant or has too few valid pixels, or the classes cannot be separated.
+        A frame is constant or has too few valid pixels, every frame shows a single phase (no
+        contrast beyond the noise), or the anchor classes cannot be separated.
 
     Examples
     --------
@@ -500,27 +535,23 @@ def fit_phase_model(
     samples = []
     for i, (f, v) in enumerate(zip(frames, valids, strict=True)):
         prep = _prepare(f, v, denoise_sigma_px, name=f"images[{i}]" if len(frames) > 1 else "image")
-        samples.append(_sample(prep.smooth[prep.calm], 200_000 // len(frames) + 1000))
-
-    # Two starts: every frame from its own classes, or the frames whose histogram shows every phase
-    # defining the boundaries and the others mapped onto them (a phase may be missing from some
-    # frames, e.g. no Na3PO4 yet, or glass only as thin films). A wrong start shows up as
-    # inconsistent contrast between frames of one series; keep the most consistent ordered fit.
-    fits = []
-    for use_complete in (False, True):
-        try:
-            fit = _fit_series(samples, n, ia, ib, n_rounds, use_complete)
-        except SegmentationError:
-            continue
-        if _ordered(fit[2]):
-            spread = float(np.ptp(np.log([b for _, b in fit[0]])))
-            fits.append((spread, use_complete, fit))
-    if not fits:
+        # a field of one phase only (all Na3PO4, all NaSICON) holds no class boundary: leave it out
+        if not _single_phase(prep):
+            samples.append(_sample(prep.smooth[prep.calm], 200_000 // len(frames) + 1000))
+    if not samples:
         raise SegmentationError(
-            f"cannot separate {n} phases {brightness_order}: some class is empty or out of order; "
-            "fit on more frames or use fewer phases"
+            "the image shows a single phase or no contrast between phases (its grey levels vary no more "
+            "than the noise); fit the model on frames showing the phases and pass it as `model`"
         )
-    maps, thresholds, medians, pooled = min(fits, key=lambda f: (round(f[0], 2), f[1]))[2]
+
+    fitted = _fit_present(samples, n, ia, ib, n_rounds)
+    if fitted is None:
+        raise SegmentationError(
+            f"cannot separate the anchor phases {anchor_phases}: some class is empty or out of order; "
+            "fit on more frames, use fewer phases or the pixel classifier"
+        )
+    present, (maps, thresholds_p, medians_p, pooled) = fitted
+    thresholds, medians = _expand(present, thresholds_p, medians_p, n)
     cls = np.digitize(pooled, thresholds)
     weights = np.bincount(cls, minlength=n) / cls.size
     return PhaseModel(
@@ -534,6 +565,155 @@ def fit_phase_model(
         intensity_scale=float(np.median([b for _, b in maps])),
         n_frames=len(frames),
     )
+
+
+#: Smallest separation of a class from its neighbours, (median gap) / (sum of robust SDs), for a
+#: non-anchor phase to count as present. A single unimodal class split in two by a threshold gives
+#: about 1.4; distinct phases in BSE give 4 and more (overlapping ones about 2).
+_MIN_SEPARATION = 1.8
+#: The same for the two anchor phases. Higher, because NaSICON's grain-to-grain orientation
+#: contrast makes it broad and multimodal: split in two it still reaches ~1.7 (glass/NaSICON >= 4).
+_MIN_ANCHOR_SEPARATION = 2.5
+#: A frame whose denoised grey levels span (0.1-99.9 %) less than this many noise SDs shows a single phase.
+_SINGLE_PHASE_SPREAD = 3.0
+#: Smallest distance of a non-anchor class median from its neighbours', in units of the anchor
+#: contrast: a tiny, narrow class (the pores of frames with different black levels) may stand apart
+#: from its neighbour by its own spread yet be the same phase (distinct BSE phases: >= 0.6).
+_MIN_GAP = 0.35
+#: Smallest pooled share of a non-anchor class for the phase to count as present.
+_MIN_SHARE = 2e-4
+#: A lone class darker than the anchors is the near-black darkest phase (pores) when its image
+#: intensity is below this share of the darker anchor's.
+_NEAR_BLACK = 0.5
+
+
+def _single_phase(prep: _Prepared) -> bool:
+    """True when the frame's denoised grey levels vary no more than its noise (one phase, no boundaries)."""
+    lo, hi = np.quantile(_sample(prep.smooth[prep.mask]), [0.001, 0.999])
+    # one phase: ~1.2 noise SDs after denoising; 0.1 % of a second phase already spreads it further
+    return bool(hi - lo < _SINGLE_PHASE_SPREAD * prep.noise)
+
+
+def _fit_classes(samples, n, ia, ib, n_rounds):
+    """Best of the two starts of :func:`_fit_series`, or None when no ordered fit exists.
+
+    Two starts: every frame from its own classes, or the frames whose histogram shows every phase
+    defining the boundaries and the others mapped onto them (a phase may be missing from some
+    frames, e.g. no Na3PO4 yet, or glass only as thin films). A wrong start shows up as
+    inconsistent contrast between frames of one series; keep the most consistent ordered fit.
+    """
+    fits = []
+    for use_complete in (False, True):
+        try:
+            fit = _fit_series(samples, n, ia, ib, n_rounds, use_complete)
+        except SegmentationError:
+            continue
+        if _ordered(fit[2]):
+            spread = float(np.ptp(np.log([b for _, b in fit[0]])))
+            fits.append((spread, use_complete, fit))
+    if not fits:
+        return None
+    return min(fits, key=lambda f: (round(f[0], 2), f[1]))[2]
+
+
+def _separation(pooled: np.ndarray, thresholds: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per class: pooled share, and separation from the nearer neighbour (see _MIN_SEPARATION)."""
+    cls = np.digitize(pooled, thresholds)
+    share = np.bincount(cls, minlength=n) / max(cls.size, 1)
+    med = np.full(n, np.nan)
+    sd = np.full(n, np.nan)
+    for k in range(n):
+        vals = pooled[cls == k]
+        if vals.size >= 10:
+            med[k] = np.median(vals)
+            sd[k] = 1.4826 * np.median(np.abs(vals - med[k]))
+    gaps = np.diff(med) / np.maximum(sd[:-1] + sd[1:], 1e-9)
+    sep = np.full(n, np.inf)
+    sep[:-1] = np.minimum(sep[:-1], gaps)
+    sep[1:] = np.minimum(sep[1:], gaps)
+    return share, np.nan_to_num(sep, nan=0.0)
+
+
+def _fit_present(samples, n, ia, ib, n_rounds):
+    """Fit the classes of the phases that are present: ``(present ranks, fit)`` or None.
+
+    The anchors are always needed; any other phase may be absent from the whole series (no Na3PO4
+    before exposure, a dense pellet without pores). Subsets of the optional phases are tried from
+    the largest down, and the first whose every optional class is populated and stands apart from
+    its neighbours wins; a phase that is not there then gets an empty class instead of splitting a
+    neighbouring phase in two.
+    """
+    optional = [k for k in range(n) if k not in (ia, ib)]
+    fallback = None
+    for size in range(len(optional), -1, -1):
+        passing = []
+        for subset in itertools.combinations(optional, size):
+            ranks = sorted((*subset, ia, ib))
+            ja, jb = ranks.index(ia), ranks.index(ib)
+            fit = _fit_classes(samples, len(ranks), ja, jb, n_rounds)
+            if fit is None:
+                continue
+            fallback = fallback or (ranks, fit)
+            share, sep = _separation(fit[3], fit[1], len(ranks))
+            keep = [j for j, r in enumerate(ranks) if r in optional]
+            # anchors split out of one phase (a series of NaSICON and pores only) fail here
+            anchors_apart = min(sep[ja], sep[jb]) >= _MIN_ANCHOR_SEPARATION
+            gaps = np.diff(fit[2])  # normalised units: anchors 0 and 1 apart
+            gap = np.minimum(np.concatenate([[np.inf], gaps]), np.concatenate([gaps, [np.inf]]))
+            if anchors_apart and all(
+                share[j] >= _MIN_SHARE and sep[j] >= _MIN_SEPARATION and gap[j] >= _MIN_GAP for j in keep
+            ):
+                passing.append((ranks, fit))
+        if len(passing) == 1:
+            return passing[0]
+        if passing:
+            return _resolve_naming(passing, ia)
+    # nothing stands apart clearly (heavily overlapping phases, as in noisy SE images): all phases
+    return fallback
+
+
+def _resolve_naming(passing, ia):
+    """Several subsets fit equally (the classes are the same, only their names differ): a lone class
+    darker than the anchors is the darkest phase (pores, near black) only if its image intensity is
+    well below the darker anchor's, else the phase next to the anchors."""
+    ranks, fit = passing[0]
+    maps, _, medians, _ = fit
+    ja = ranks.index(ia)
+    a, b = np.median([m[0] for m in maps]), np.median([m[1] for m in maps])
+    dark_level = a + b * medians[0]
+    anchor_level = a + b * medians[ja]
+    near_black = anchor_level > 0 and dark_level < _NEAR_BLACK * anchor_level
+    # subsets keeping darker ranks sort first
+    ordered = sorted(passing, key=lambda rf: rf[0])
+    return ordered[0] if near_black else ordered[-1]
+
+
+def _expand(present, thresholds_p, medians_p, n):
+    """Thresholds and medians of all ``n`` classes from those of the ``present`` ones (ranks).
+
+    An absent class gets zero width: two equal thresholds between its present neighbours, or, for
+    an absent darkest (brightest) class, thresholds ``_FAR`` below (above) the data. Its median is
+    put at that boundary, or at the nearest present class median.
+    """
+    thresholds = np.empty(n - 1)
+    for k in range(n - 1):
+        # threshold k separates the classes <= k from those > k
+        below = sum(r <= k for r in present)
+        if below == 0:
+            thresholds[k] = medians_p[0] - _FAR
+        elif below == len(present):
+            thresholds[k] = medians_p[-1] + _FAR
+        else:
+            thresholds[k] = thresholds_p[below - 1]
+    medians = np.empty(n)
+    for k in range(n):
+        if k in present:
+            medians[k] = medians_p[present.index(k)]
+        elif 0 < k < n - 1 and abs(thresholds[k]) < _FAR / 2:
+            medians[k] = thresholds[k]
+        else:
+            medians[k] = medians_p[0] if k < present[0] else medians_p[-1]
+    return thresholds, medians
 
 
 def _ordered(medians: np.ndarray) -> bool:
@@ -656,7 +836,8 @@ def segment_frame(
     Raises
     ------
     SegmentationError
-        The frame is constant in the valid region or has too few valid pixels.
+        The frame is constant in the valid region or has too few valid pixels; or, without
+        ``model``, it shows a single phase (fit the model on the series and pass it).
 
     Examples
     --------
@@ -701,7 +882,7 @@ def segment_frame(
     ranks = np.digitize(u, thresholds).astype(np.int32)
 
     seeds = _seeds(u, ranks, prep, n, seed_fraction, blob_sigma_px, blob_contrast)
-    labels = _flood(prep, seeds, gradient_sigma_px)
+    labels = _flood(prep.smooth, prep.mask, seeds, gradient_sigma_px)
     labels = _assign_lines(labels, u, np.asarray(model.medians), prep.mask)
     # parts of the region that no seed reaches keep their pixel-wise class
     labels = np.where(labels > 0, labels - 1, ranks)
@@ -725,7 +906,7 @@ def segment_frame(
     return phases, out
 
 
-def _flood(prep: _Prepared, seeds: np.ndarray, sigma_px: float) -> np.ndarray:
+def _flood(smooth: np.ndarray, mask: np.ndarray, seeds: np.ndarray, sigma_px: float) -> np.ndarray:
     """Marker watershed (OpenCV's, ~10x faster than scikit-image's on large frames).
 
     OpenCV floods in order of the grey-level step between neighbouring pixels, so boundaries settle
@@ -733,14 +914,14 @@ def _flood(prep: _Prepared, seeds: np.ndarray, sigma_px: float) -> np.ndarray:
     Returns ``seeds``-style labels; 0 on the one-pixel watershed lines, where no seed reached and
     outside the valid region.
     """
-    sm = cv2.GaussianBlur(prep.smooth, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT) if sigma_px > 0 else prep.smooth
-    lo, hi = np.quantile(_sample(sm[prep.mask]), [0.001, 0.999])
+    sm = cv2.GaussianBlur(smooth, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT) if sigma_px > 0 else smooth
+    lo, hi = np.quantile(_sample(sm[mask]), [0.001, 0.999])
     grey = np.clip((sm - lo) * (255.0 / max(hi - lo, 1e-6)), 0, 255).astype(np.uint8)
     markers = seeds.astype(np.int32).copy()
     outside = int(seeds.max()) + 1
-    markers[~prep.mask] = outside
+    markers[~mask] = outside
     cv2.watershed(cv2.merge([grey, grey, grey]), markers)
-    markers[(markers == outside) | ~prep.mask | (markers < 0)] = 0
+    markers[(markers == outside) | ~mask | (markers < 0)] = 0
     return markers
 
 
@@ -772,9 +953,11 @@ def _assign_lines(labels: np.ndarray, u: np.ndarray, medians: np.ndarray, mask: 
 
 def _seeds(u, ranks, prep, n, seed_fraction, blob_sigma_px, blob_contrast):
     """Watershed markers (rank + 1): typical flat pixels of each class, plus compact dark blobs."""
-    seeds = np.zeros(u.shape, np.int32)
     flat_u = u[prep.calm]
     flat_r = ranks[prep.calm]
+    # per-class seed interval, applied to the whole frame in one pass (empty interval: no seeds)
+    lows = np.full(n, np.inf, np.float32)
+    highs = np.full(n, -np.inf, np.float32)
     for k in range(n):
         vals = _sample(flat_u[flat_r == k])
         if vals.size == 0:
@@ -787,7 +970,9 @@ def _seeds(u, ranks, prep, n, seed_fraction, blob_sigma_px, blob_contrast):
             lo, hi = np.quantile(vals, 1 - seed_fraction), np.inf
         else:
             lo, hi = np.quantile(vals, [0.5 - seed_fraction / 2, 0.5 + seed_fraction / 2])
-        seeds[prep.calm & (ranks == k) & (u >= lo) & (u <= hi)] = k + 1
+        lows[k], highs[k] = lo, hi
+    inside = prep.calm & (u >= lows[ranks]) & (u <= highs[ranks])
+    seeds = np.where(inside, ranks + 1, 0).astype(np.int32)
     if blob_sigma_px > 0 and blob_contrast > 0:
         background = cv2.GaussianBlur(prep.smooth, (0, 0), blob_sigma_px, borderType=cv2.BORDER_REFLECT)
         # only off-edge blob pixels: the blurred rim of a pore passes through the grey levels of the
@@ -1137,8 +1322,13 @@ class PixelClassifier:
             # Confident pixels seed a watershed on the gradient, which puts the boundaries on the
             # intensity edges; scribbles rarely touch boundaries, so the forest is unsure there.
             smooth = _denoise(img, mask, estimate_noise(img, valid=mask), 1.5)
-            seeds = np.where(mask & (proba.max(axis=0) > self.seed_probability), best + 1, 0)
-            labels = watershed(_gradient(smooth, 1.0), seeds, mask=mask)
+            confident = mask & (proba.max(axis=0) > self.seed_probability)
+            # Flood only the unsure pixels and the seeds next to them: the same result as a watershed
+            # over the whole frame, at a fraction of the cost. (OpenCV's watershed, which floods by
+            # grey-level steps instead of the gradient, lost 0.015 IoU on the real Super images.)
+            region = mask & cv2.dilate((mask & ~confident).view(np.uint8), np.ones((3, 3), np.uint8)).view(bool)
+            seeds = np.where(region & confident, best + 1, 0)
+            labels = watershed(_gradient(smooth, 1.0), seeds, mask=region)
             best = np.where(labels > 0, labels - 1, best)
         out = best.astype(np.uint8)
         out[~mask] = OUTSIDE
