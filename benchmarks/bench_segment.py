@@ -118,7 +118,7 @@ def real_rows(quick):
     for name, img, truth in train_set:
         scribbles = simulate_scribbles(np.where(truth, 0, 1), fraction=0.015, seed=0)
         t0 = time.perf_counter()
-        clf = PixelClassifier(phase_names=("island", "matrix"), n_estimators=50).fit(img, scribbles)
+        clf = PixelClassifier(phase_names=("island", "matrix"), n_estimators=50, normalise="iqr").fit(img, scribbles)
         train_s = time.perf_counter() - t0
         self_iou = _iou(clf.predict(img) == 0, truth)
         others = [_iou(clf.predict(im) == 0, t) for n, im, t in data if n != name]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from semtrack.config import OUTSIDE, PHASE_CODES
+from semtrack.synth import make_series
 from semtrack.errors import ReadError, SegmentationError
 from semtrack.segment import (
     PhaseModel,
@@ -335,7 +336,9 @@ def test_real_super_classifier(real_sem):
     name, img, truth = data[1]  # spot1_0d_0
     scribbles = simulate_scribbles(np.where(truth, 0, 1), fraction=0.015, seed=0)
     assert (scribbles > 0).mean() <= 0.02
-    clf = PixelClassifier(phase_names=("island", "matrix"), n_estimators=50).fit(img, scribbles)
+    # Population snapshots with relief shading: a stable phase mix, phases the unsupervised fit
+    # cannot locate (IoU 0.45 on lshr), so median/IQR normalisation (see PixelClassifier).
+    clf = PixelClassifier(phase_names=("island", "matrix"), n_estimators=50, normalise="iqr").fit(img, scribbles)
     assert _iou(clf.predict(img) == 0, truth) >= 0.92
     others = {n: _iou(clf.predict(im) == 0, t) for n, im, t in data if n != name}
     # measured 0.849 over all six (target 0.85): lshr_15kx_3kv_0, another alloy, reaches only 0.69
@@ -355,3 +358,20 @@ def test_config_defaults_match_segment_frame():
     assert len(shared) >= 8
     for name in shared:
         assert params[name].default == getattr(config, name), name
+
+
+@pytest.mark.slow
+def test_classifier_trained_on_one_frame_holds_across_a_time_series():
+    """Brightness, contrast and the Na3PO4 share change between frames; quantiles move, anchors do not."""
+    s = make_series(shape=(384, 512), n_frames=4, seed=5, brightness_change=0.3)
+    last = len(s.images) - 1
+    image = s.images[last].astype(np.float32) / 255
+    scribbles = simulate_scribbles(s.phases[last], fraction=0.01)
+    clf = PixelClassifier(n_estimators=30).fit(image, scribbles)
+    for frame, truth in zip(s.images, s.phases):
+        phases = clf.predict(frame.astype(np.float32) / 255, valid=truth != OUTSIDE)
+        inside = truth != OUTSIDE
+        for code in range(4):
+            error = (phases[inside] == code).mean() - (truth[inside] == code).mean()
+            # measured: <= 4.1 points with anchors; median/IQR normalisation is off by up to 22
+            assert abs(error) < 0.05, (code, error)

@@ -13,6 +13,7 @@ import math
 import cv2
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 from skimage.segmentation import watershed
 
 from .config import OUTSIDE, PHASE_CODES
@@ -154,8 +155,9 @@ def measure_grains(
     image : (rows, cols) ndarray, optional
         The registered BSE image the phase map came from. With it, grains that
         touch without glass between them are also told apart by their
-        brightness (orientation contrast) and the boundary line between them
-        (see Notes). None: shape alone separates grains.
+        brightness (orientation contrast), and false necks of a rough
+        segmented outline are bridged (see Notes). None: shape alone
+        separates grains.
 
     Returns
     -------
@@ -183,6 +185,15 @@ def measure_grains(
     with no glass and no notch at its ends, cannot be told apart from one
     grain on a phase map, and the cut between touching grains follows the
     neck, not necessarily the true facet.
+
+    With `image`, the basins are instead those of a watershed of the image's
+    gradient magnitude (block means on the coarse grid), seeded in the
+    flattest 30 % of grain cells, so cuts follow brightness steps and grooves.
+    Neighbouring pieces then merge only when the shape rule above allows it
+    and their mean brightness differs by less than 1.6 times the robust
+    spread of cells around their piece's mean. On synthetic frames this
+    helps most on segmented maps at 20-35 % glass; on exact phase maps,
+    shading inside grains costs a few % of ECD (see benchmarks/bench_grains.py).
 
     The watershed runs on a grid coarsened so that a mean chord of the grain
     phase spans about 10 cells (it costs ~1 µs per cell); the full-resolution
@@ -301,7 +312,7 @@ def _split_grains(grain: np.ndarray, min_area_px: float, image: np.ndarray | Non
         basins, n_seeds = _gradient_basins(image_c, grain_c)
         brightness = _basin_brightness(image_c, basins, n_seeds)
     peak = np.zeros(n_seeds, dtype=float)
-    np.maximum.at(peak, basins.ravel(), dist_c.ravel())
+    peak[1:] = ndimage.maximum(dist_c, basins, np.arange(1, n_seeds))
     area = np.bincount(basins.ravel(), minlength=n_seeds).astype(float) * factor**2
     a, b, saddle = _saddles(basins, dist_c)
     root = _merge_basins(n_seeds, a, b, saddle, peak, area, min_area_px, brightness)

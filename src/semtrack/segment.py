@@ -49,6 +49,7 @@ from scipy.signal import find_peaks
 from skimage.filters import threshold_multiotsu
 from skimage.segmentation import watershed
 
+from ._atomic import atomic_write_bytes
 from .config import OUTSIDE, PHASE_NAMES
 from .errors import ReadError, SegmentationError
 
@@ -63,7 +64,7 @@ __all__ = [
 
 DEFAULT_BRIGHTNESS_ORDER: tuple[str, ...] = ("pore", "na3po4", "glass", "nasicon")
 _CLASSIFIER_FORMAT = "semtrack-pixel-classifier"
-_CLASSIFIER_VERSION = 1
+_CLASSIFIER_VERSION = 2  # 2: features normalised on the stable phases
 #: Depth (log-count units) a histogram valley needs to count as a phase boundary (about 7x fewer
 #: pixels than the smaller neighbouring peak).
 _MIN_VALLEY = 2.0
@@ -1068,10 +1069,20 @@ def _standardise(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _pixel_features(img: np.ndarray, mask: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+def _pixel_features(
+    img: np.ndarray, mask: np.ndarray, sigmas: np.ndarray, anchors: tuple[float, float] | None = None
+) -> np.ndarray:
     """(H, W, F) float32 features: per scale the smoothed intensity, gradient magnitude, both Hessian
-    eigenvalues and the local standard deviation, plus differences of Gaussians between scales."""
-    z = _standardise(img, mask)
+    eigenvalues and the local standard deviation, plus differences of Gaussians between scales.
+
+    ``anchors`` = (offset, scale) maps the image so that two stable phases sit at 0 and 1; without
+    it the image is standardised by its median and interquartile range.
+    """
+    if anchors is None:
+        z = _standardise(img, mask)
+    else:
+        offset, scale = anchors
+        z = ((np.where(mask, img, offset + 0.5 * scale) - offset) / scale).astype(np.float32)
     feats = [z]
     smoothed = []
     for s in sigmas:
@@ -1115,6 +1126,13 @@ class PixelClassifier:
         :meth:`predict` keeps the forest's answer where its probability exceeds this and lets a
         marker watershed on the gradient decide the rest (boundaries go to the intensity edges);
         0 takes the most probable phase everywhere.
+    normalise : {'anchors', 'iqr'}
+        How each image's intensities are put on a common scale before the features. ``'anchors'``
+        (default): the two brightest scribbled phases are located in every image by the unsupervised
+        fit and mapped to 0 and 1, which holds across a time series whose brightness, contrast and
+        phase mix change (Na3PO4 grows). ``'iqr'``: median and interquartile range, for sets of
+        images whose phase mix is stable but whose phases the unsupervised fit cannot separate
+        (strong relief shading, SE images). Either way, scribble a frame that shows every phase.
     random_state : int
         Seed of the forest and of the subsampling.
 
@@ -1142,9 +1160,12 @@ class PixelClassifier:
         max_samples_per_phase: int = 20_000,
         smoothing_sigma_px: float = 1.0,
         seed_probability: float = 0.98,
+        normalise: str = "anchors",
         random_state: int = 0,
     ):
         phase_names = tuple(phase_names)
+        if normalise not in ("anchors", "iqr"):
+            raise ValueError(f"`normalise` must be 'anchors' or 'iqr', got {normalise!r}")
         if len(phase_names) < 2 or len(set(phase_names)) != len(phase_names):
             raise ValueError(f"`phase_names` needs at least two distinct names, got {phase_names!r}")
         if not 0 < sigma_min <= sigma_max:
@@ -1162,8 +1183,37 @@ class PixelClassifier:
             raise ValueError(f"`seed_probability` must be in [0, 1), got {seed_probability!r}")
         self.smoothing_sigma_px = float(smoothing_sigma_px)
         self.seed_probability = float(seed_probability)
+        self.normalise = normalise
         self.random_state = int(random_state)
         self.forest_ = None
+        self.brightness_order_: tuple[str, ...] | None = None
+
+    def _scribbled_brightness_order(self, prepared) -> tuple[str, ...] | None:
+        """Scribbled phases from darkest to brightest, or None when fewer than two were painted."""
+        medians = {}
+        for code, name in enumerate(self.phase_names):
+            values = np.concatenate([img[labelled & (scr == code + 1)] for img, _, labelled, scr in prepared])
+            if values.size:
+                medians[name] = float(np.median(values))
+        return tuple(sorted(medians, key=medians.get)) if len(medians) >= 2 else None
+
+    def _anchors(self, img: np.ndarray, mask: np.ndarray) -> tuple[float, float] | None:
+        """Where the two brightest scribbled phases lie in this image (offset, scale), found unsupervised.
+
+        Frames of a series differ in brightness and contrast and in how much of each phase they show
+        (Na3PO4 grows), so quantiles move; the stable phases' levels do not. None (median/IQR
+        standardisation instead) when they cannot be found.
+        """
+        if self.normalise != "anchors" or self.brightness_order_ is None:
+            return None
+        try:
+            model = fit_phase_model(img, valid=mask, phase_names=self.brightness_order_,
+                                    brightness_order=self.brightness_order_)
+        except SegmentationError:
+            return None
+        if not model.intensity_scale > 0:
+            return None
+        return float(model.intensity_offset), float(model.intensity_scale)
 
     @property
     def sigmas(self) -> np.ndarray:
@@ -1179,6 +1229,7 @@ class PixelClassifier:
             "max_samples_per_phase": self.max_samples_per_phase,
             "smoothing_sigma_px": self.smoothing_sigma_px,
             "seed_probability": self.seed_probability,
+            "normalise": self.normalise,
             "random_state": self.random_state,
         }
 
@@ -1220,7 +1271,7 @@ class PixelClassifier:
             raise ValueError(f"`valid` has {len(valids)} masks for {len(images)} images")
         n = len(self.phase_names)
         rng = np.random.default_rng(self.random_state)
-        xs, ys = [], []
+        xs, ys, prepared = [], [], []
         for i, (img_in, scr, v) in enumerate(zip(images, scribble_list, valids, strict=True)):
             img = _as_image(img_in, f"image[{i}]" if len(images) > 1 else "image")
             scr = np.asarray(scr)
@@ -1237,11 +1288,14 @@ class PixelClassifier:
             labelled = mask & (scr > 0)
             if not labelled.any():
                 continue
-            feats = _pixel_features(img, mask, self.sigmas)
+            prepared.append((img, mask, labelled, scr))
+        if not prepared:
+            raise ValueError("`scribbles` label no valid pixel; draw some strokes (values 1..n) first")
+        self.brightness_order_ = self._scribbled_brightness_order(prepared)
+        for img, mask, labelled, scr in prepared:
+            feats = _pixel_features(img, mask, self.sigmas, self._anchors(img, mask))
             xs.append(feats[labelled])
             ys.append(scr[labelled].astype(np.int64) - 1)
-        if not xs:
-            raise ValueError("`scribbles` label no valid pixel; draw some strokes (values 1..n) first")
         x = np.concatenate(xs)
         y = np.concatenate(ys)
         present = np.unique(y)
@@ -1286,7 +1340,7 @@ class PixelClassifier:
             raise SegmentationError("the pixel classifier is not trained; call fit() or load() first")
         img = _as_image(image)
         mask = _valid_mask(img, valid)
-        feats = _pixel_features(img, mask, self.sigmas)
+        feats = _pixel_features(img, mask, self.sigmas, self._anchors(img, mask))
         proba = np.zeros((img.shape[0], img.shape[1], len(self.phase_names)), np.float32)
         predicted = self.forest_.predict_proba(feats[mask]).astype(np.float32)
         columns = np.zeros((predicted.shape[0], len(self.phase_names)), np.float32)
@@ -1346,8 +1400,9 @@ class PixelClassifier:
             "version": _CLASSIFIER_VERSION,
             "params": self._params(),
             "forest": self.forest_,
+            "brightness_order": self.brightness_order_,
         }
-        Path(path).write_bytes(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+        atomic_write_bytes(path, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
 
     @classmethod
     def load(cls, path: str | Path) -> PixelClassifier:
@@ -1381,6 +1436,7 @@ class PixelClassifier:
             )
         clf = cls(**payload["params"])
         clf.forest_ = payload["forest"]
+        clf.brightness_order_ = payload.get("brightness_order")
         return clf
 
 
