@@ -161,6 +161,11 @@ class GrainsConfig(_Section):
     split_touching: bool = Field(
         True, description="Separate touching grains (distance-map watershed with dynamics-based seed merging)."
     )
+    use_image: bool = Field(
+        True,
+        description="Also use the BSE image to split touching grains (brightness steps and grooves between "
+        "grains of different orientation); helps most where little glass separates the grains.",
+    )
 
 
 class TrackConfig(_Section):

@@ -51,19 +51,24 @@ GRAIN_COLUMNS: dict[str, str] = {
 #: touching polygons at 5-20 % glass.
 _SPLIT_MIN_DEPTH_PX = 1.5
 _SPLIT_DEPTH = 0.05
-#: Directions of the caliper (Feret) widths, 0.5 degree apart: the minimum
-#: width is then within 0.004 % of the exact rotating-calipers value.
 #: The watershed runs on a grid coarse enough to put about this many pixels
 #: across a mean chord of the grain phase (never coarser than _MAX_COARSE): it
 #: costs ~1 µs per pixel, and boundaries between grains move by < 1 coarse pixel.
 _COARSE_CHORD_PX = 10
+_MAX_COARSE = 6
 #: With an image: watershed seeds are the grain cells whose gradient is in
 #: this lowest quantile (flat interiors), and neighbouring pieces stay apart
 #: when their mean brightness differs by more than _BRIGHTNESS_STEP times the
-#: robust spread of cells inside pieces (noise plus shading).
+#: robust spread of cells inside pieces (noise plus shading). Pieces smaller
+#: than _MIN_PIECE_CELLS coarse cells merge by shape alone when necks are kept,
+#: which happens where grains fill more than 1 - _KEEP_NECKS_BELOW of the
+#: non-island region.
 _FLAT_QUANTILE = 0.3
 _BRIGHTNESS_STEP = 1.6
-_MAX_COARSE = 6
+_MIN_PIECE_CELLS = 40
+_KEEP_NECKS_BELOW = 0.15
+#: Directions of the caliper (Feret) widths, 0.5 degree apart: the minimum
+#: width is then within 0.004 % of the exact rotating-calipers value.
 _FERET_ANGLES = np.deg2rad(np.arange(0.0, 180.0, 0.5))
 _FERET_DIRECTIONS = np.stack([np.cos(_FERET_ANGLES), np.sin(_FERET_ANGLES)])
 
@@ -186,14 +191,19 @@ def measure_grains(
     grain on a phase map, and the cut between touching grains follows the
     neck, not necessarily the true facet.
 
-    With `image`, the basins are instead those of a watershed of the image's
-    gradient magnitude (block means on the coarse grid), seeded in the
-    flattest 30 % of grain cells, so cuts follow brightness steps and grooves.
-    Neighbouring pieces then merge only when the shape rule above allows it
-    and their mean brightness differs by less than 1.6 times the robust
-    spread of cells around their piece's mean. On synthetic frames this
-    helps most on segmented maps at 20-35 % glass; on exact phase maps,
-    shading inside grains costs a few % of ECD (see benchmarks/bench_grains.py).
+    With `image`, the basins are those of a watershed of the image's gradient
+    magnitude (block means on the coarse grid) seeded in the flattest 30 % of
+    grain cells, so cuts follow brightness steps and grooves, and two
+    neighbouring pieces merge only when the shape rule allows it and their
+    mean brightness differs by less than 1.6 times the robust spread of cells
+    around their piece's mean. Where the grain phase fills more than 85 % of
+    the non-island region (little glass), necks of the grain mask are real
+    contacts: the pieces are further cut along the distance-map basins, and
+    pieces under 40 coarse cells merge by shape alone. With more glass, the
+    gradient pieces may span a neck, so false necks of a rough segmented
+    outline do not split a grain. Measured on synthetic frames (see
+    benchmarks/bench_grains.py), this mainly helps segmented maps; on exact
+    maps, shading inside grains costs a few % of ECD.
 
     The watershed runs on a grid coarsened so that a mean chord of the grain
     phase spans about 10 cells (it costs ~1 µs per cell); the full-resolution
@@ -248,7 +258,10 @@ def measure_grains(
     min_area_px = min_grain_area_um2 / scale**2
 
     if split_touching:
-        labels = _split_grains(grain, min_area_px, image)
+        # A nearly space-filling grain phase (little glass) has few false necks: keep them as cuts.
+        space = np.count_nonzero(region & (phases != occluder_code)) if occluder_code is not None else region.sum()
+        keep_necks = np.count_nonzero(grain) >= (1.0 - _KEEP_NECKS_BELOW) * space
+        labels = _split_grains(grain, min_area_px, image, keep_necks)
     else:
         labels = cv2.connectedComponents(grain.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)[1]
     labels = _drop_small(labels, min_area_px)
@@ -269,7 +282,9 @@ def _check_pixel_size(pixel_size_um) -> float:
     return float(pixel_size_um)
 
 
-def _split_grains(grain: np.ndarray, min_area_px: float, image: np.ndarray | None = None) -> np.ndarray:
+def _split_grains(
+    grain: np.ndarray, min_area_px: float, image: np.ndarray | None = None, keep_necks: bool = True
+) -> np.ndarray:
     """Watershed of the distance map from regional-maximum seeds, shallow dips merged.
 
     The watershed runs on a grid ``factor`` times coarser than the image (see
@@ -278,7 +293,8 @@ def _split_grains(grain: np.ndarray, min_area_px: float, image: np.ndarray | Non
     show as deep dips. Full-resolution labels are the coarse ones, with the
     grain mask, its connected components and nearest-label filling restoring
     the exact outline. With `image`, the basins are those of the image gradient
-    and merging also needs matching brightness (`_merge_basins`).
+    (cut along the distance basins when `keep_necks`), and merging also needs
+    matching brightness (`_merge_basins`).
     """
     mask = grain.view(np.uint8)
     # cv2 treats pixels beyond the image edge as grain, so grains cut by the edge are not split there.
@@ -307,10 +323,18 @@ def _split_grains(grain: np.ndarray, min_area_px: float, image: np.ndarray | Non
         brightness = None
     else:
         # Gradient basins may span a neck of the grain mask: a segmentation's rough outline makes
-        # false necks, and the brightness rule keeps real ones (grains of different contrast) apart.
+        # false necks. With little glass, necks are real contacts and also cut (keep_necks).
         image_c = _coarse_image(image, factor)
-        basins, n_seeds = _gradient_basins(image_c, grain_c)
-        brightness = _basin_brightness(image_c, basins, n_seeds)
+        pieces, n_pieces = _gradient_basins(image_c, grain_c)
+        peaks = (dist_c == cv2.dilate(dist_c, np.ones((3, 3), np.uint8))) & grain_c
+        n_seeds, seeds = cv2.connectedComponents(peaks.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        dbas = watershed(-dist_c, seeds, mask=grain_c)
+        key = np.where(grain_c, dbas.astype(np.int64) * (n_pieces + 1) * keep_necks + pieces, 0)
+        _, inverse = np.unique(key, return_inverse=True)
+        basins = inverse.reshape(key.shape).astype(np.int32)
+        n_seeds = int(basins.max()) + 1
+        # Intersecting with the distance basins leaves slivers whose mean brightness is unreliable.
+        brightness = (*_basin_brightness(image_c, basins, n_seeds), _MIN_PIECE_CELLS * keep_necks)
     peak = np.zeros(n_seeds, dtype=float)
     peak[1:] = ndimage.maximum(dist_c, basins, np.arange(1, n_seeds))
     area = np.bincount(basins.ravel(), minlength=n_seeds).astype(float) * factor**2
@@ -429,15 +453,15 @@ def _saddles(labels: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None) -> np.ndarray:
     """Union basins whose dip is too shallow to be a grain boundary, shallowest first.
 
-    With `brightness` (per-basin brightness sums and cell counts, and the
-    spread of brightness inside basins), basins of different brightness are
-    not merged either. Returns the final root of every basin label (0 stays 0).
+    With `brightness` (per-basin brightness sums and cell counts, the spread
+    of brightness inside basins, and the piece size below which brightness is
+    ignored), basins of different brightness are not merged either. Returns the final root of every basin label (0 stays 0).
     """
     parent = np.arange(n)
     peak = peak.copy()
     area = area.copy()
     if brightness is not None:
-        total, cells, spread = brightness
+        total, cells, spread, min_cells = brightness
         total, cells = total.copy(), cells.copy()
         step = _BRIGHTNESS_STEP * spread
     neighbours: list[dict[int, float]] = [dict() for _ in range(n)]
@@ -458,7 +482,7 @@ def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None) -> 
         if min(area[i], area[j]) < min_area_px:
             return 1.0 + s / max(low, 1e-9)
         shape_rule = max(_SPLIT_MIN_DEPTH_PX, _SPLIT_DEPTH * low) - depth
-        if brightness is not None:
+        if brightness is not None and min(cells[i], cells[j]) >= min_cells:
             contrast = abs(total[i] / cells[i] - total[j] / cells[j])
             shape_rule = min(shape_rule, 1.0 - contrast / step)
         return shape_rule

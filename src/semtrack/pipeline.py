@@ -197,16 +197,23 @@ def analyse_frame(
         tile_um=config.quantify.tile_um,
     )
     _, grain_table, summary = measure_frame_grains(
-        phases, region=region, pixel_size_um=pixel_size_um, config=config
+        phases, region=region, pixel_size_um=pixel_size_um, config=config, image=image
     )
     islands = label_frame_islands(phases, region=region, pixel_size_um=pixel_size_um, config=config)
     return FrameAnalysis(phases, islands, fractions, grain_table, summary, _preview(image))
 
 
 def measure_frame_grains(
-    phases: np.ndarray, *, region: np.ndarray, pixel_size_um: float | None, config: Config | None = None
+    phases: np.ndarray,
+    *,
+    region: np.ndarray,
+    pixel_size_um: float | None,
+    config: Config | None = None,
+    image: np.ndarray | None = None,
 ) -> tuple[np.ndarray, pd.DataFrame, dict[str, float]]:
     """Grain labels, per-grain table and per-frame summary of one phase map, as :func:`run` makes them.
+
+    ``image`` (the registered frame) is used to split touching grains when ``config.grains.use_image``.
 
     Returns
     -------
@@ -225,6 +232,7 @@ def measure_frame_grains(
         min_grain_area_um2=config.grains.min_grain_area_um2,
         split_touching=config.grains.split_touching,
         valid=region,
+        image=np.nan_to_num(image, nan=0.0) if (image is not None and config.grains.use_image) else None,
     )
     summary = grains_mod.grain_summary(table, phases, pixel_size_um=pixel_size_um, grain_code=code, labels=labels)
     return labels, table, summary

@@ -324,7 +324,8 @@ class SegmentWidget(StepWidget):
         fractions.insert(0, "frame", np.arange(len(fractions)))
         seg = {"method": "unsupervised" if result["phase_model"] is not None else "classifier",
                "classifier_path": result["classifier_path"]}
-        info = _derived(layer, phases=True, fractions=fractions, phase_model=result["phase_model"],
+        info = _derived(layer, phases=True, registered_stack=layer.data, fractions=fractions,
+                        phase_model=result["phase_model"],
                         classifier=result["classifier"], phase_names=SegmentConfig().phase_names,
                         config={"segment": seg, "quantify": form_values(self.options)})
         replace_layer(self.viewer, "phases", lambda: self.viewer.add_labels(
@@ -359,7 +360,7 @@ class GrainsWidget(StepWidget):
     def _build(self):
         self.phases = layer_picker(self.viewer, Labels, label="phases", need="phases",
                                    tooltip="The phases layer from the Segment step.")
-        self.options = config_form(GrainsConfig, ["min_grain_area_um2", "split_touching"])
+        self.options = config_form(GrainsConfig, ["min_grain_area_um2", "split_touching", "use_image"])
         return [self.phases, *self.options.values()]
 
     def _add_outputs(self, layout):
@@ -375,6 +376,7 @@ class GrainsWidget(StepWidget):
         phases = _phase_maps(layer)
         region = semtrack_info(layer, "region")
         pixel_size_um = semtrack_info(layer, "pixel_size_um")
+        images = semtrack_info(layer, "registered_stack", None)
         options = form_values(self.options)
         config = Config().updated({"grains": options})
 
@@ -383,7 +385,8 @@ class GrainsWidget(StepWidget):
             tables, summaries = [], []
             for i in range(len(phases)):
                 labels[i], table, summary = pipeline.measure_frame_grains(
-                    phases[i], region=region, pixel_size_um=pixel_size_um, config=config
+                    phases[i], region=region, pixel_size_um=pixel_size_um, config=config,
+                    image=None if images is None else images[i],
                 )
                 summaries.append(summary)
                 tables.append(table.assign(frame=i))
