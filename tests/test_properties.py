@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
 from semtrack.config import OUTSIDE, PHASE_NAMES
 from semtrack.quantify import phase_fractions
@@ -208,8 +208,6 @@ def test_pipeline_is_deterministic(tmp_path):
         a, b = (pd.read_csv(out / table) for out in outs)
         pd.testing.assert_frame_equal(a, b, check_exact=True, obj=table)
     for label in sorted((outs[0] / "labels").glob("*.tif")):
-        import tifffile
-
         np.testing.assert_array_equal(tifffile.imread(label), tifffile.imread(outs[1] / "labels" / label.name))
 
 
