@@ -731,7 +731,8 @@ def _overlay_section(o: _Outputs, figures: _Figures, use_log: bool) -> str:
                 ax.set_xticks([])
                 ax.set_yticks([])
                 continue
-            ax.imshow(rgb, extent=extent, interpolation="antialiased")
+            # 8-bit: matplotlib keeps resampling buffers per image, four times smaller than float.
+            ax.imshow(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8), extent=extent, interpolation="antialiased")
             # The reference grid: the same lines on every frame show whether features stay put.
             ax.set_xticks(np.arange(0, extent[1], step))
             ax.set_yticks(np.arange(0, extent[2], step))
