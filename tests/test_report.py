@@ -514,3 +514,18 @@ def test_panel_images_share_one_grid(label_shape, preview_shape, downsample, sha
     if phases is not None:
         # Nearest-neighbour: label codes are kept, never averaged.
         np.testing.assert_array_equal(phases_out, phases[::pixels, ::pixels][: shape[0], : shape[1]])
+
+
+def test_long_series_show_a_bounded_number_of_frames_and_event_maps(tmp_path):
+    from semtrack.report import _MAX_SHOWN, _spread
+
+    picked = _spread(list(range(64)))
+    assert len(picked) == _MAX_SHOWN and picked[0] == 0 and picked[-1] == 63
+    assert picked == sorted(set(picked))
+    times = tuple(24.0 * (k + 1) for k in range(_MAX_SHOWN + 4))
+    folder = make_output_folder(tmp_path / "out", times_h=times)
+    page = render(folder).read_text(encoding="utf-8")
+    maps = _section(page, "event-maps")
+    assert maps.count("data:image/png") == _MAX_SHOWN
+    assert f"{_MAX_SHOWN} of {len(times) - 1} event maps are shown" in maps
+    assert f"{_MAX_SHOWN} of {len(times)} frames are shown" in _section(page, "overlays")

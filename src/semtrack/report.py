@@ -66,6 +66,9 @@ _DPI = 110
 # pixels at the previews' scale, small enough to keep the HTML light.
 _PANEL_MAX_PX = 512
 _FRAMES_PER_ROW = 4
+#: Long series: the report shows this many frames / event maps (evenly spread, first and last
+#: included) so its size and memory stay bounded; the rest are linked or in the output folder.
+_MAX_SHOWN = 8
 # Times spanning more than this ratio (max / smallest positive) get a log axis.
 _LOG_TIME_RATIO = 20.0
 
@@ -686,11 +689,20 @@ def _panel_images(
     return phases, grey, factor * extra
 
 
+def _spread(items: list, limit: int = _MAX_SHOWN) -> list:
+    """At most ``limit`` items, evenly spread, first and last included."""
+    if len(items) <= limit:
+        return list(items)
+    keep = np.unique(np.round(np.linspace(0, len(items) - 1, limit)).astype(int))
+    return [items[i] for i in keep]
+
+
 def _overlay_section(o: _Outputs, figures: _Figures, use_log: bool) -> str:
     labels_dir, previews_dir = o.folder / "labels", o.folder / "previews"
     downsample = int(o.run.get("preview_downsample") or 1)
     panels = []
-    for frame, time_h in zip(o.frames["frame"].astype(int), o.frames["time_h"]):
+    all_frames = list(zip(o.frames["frame"].astype(int), o.frames["time_h"]))
+    for frame, time_h in _spread(all_frames):
         phases = _read_label(labels_dir / f"phases_{frame:03d}.tif")
         grey = _read_preview(previews_dir / f"frame_{frame:03d}.png")
         if phases is not None and phases.ndim != 2:
@@ -759,8 +771,12 @@ def _overlay_section(o: _Outputs, figures: _Figures, use_log: bool) -> str:
     )
     legend += f' <span class="swatch" style="background:{_OUTSIDE_COLOUR}"></span>outside ({OUTSIDE})'
     note = ""
-    if len(panels) < len(o.frames):
-        note = _note(f"{len(o.frames) - len(panels)} frame(s) have neither a label map nor a preview.")
+    chosen = len(_spread(all_frames))
+    if chosen < len(all_frames):
+        note += f"<p>{chosen} of {len(all_frames)} frames are shown, evenly spread over the series; every frame's " \
+                "phase map is in labels/ and its preview in previews/.</p>"
+    if len(panels) < chosen:
+        note += _note(f"{chosen - len(panels)} frame(s) have neither a label map nor a preview.")
     return _figure_html(uri, "frames with phase overlays", caption) + f'<p class="legend-line">{legend}</p>' + note
 
 
@@ -1115,7 +1131,8 @@ def _event_maps_section(o: _Outputs, figures: _Figures, use_log: bool) -> str:
         return _note("No event maps: event_maps/events_NNN_MMM.png are missing (event maps off in the config?).")
     times = dict(zip(o.frames["frame"].astype(int), o.frames["time_h"].astype(float)))
     out = []
-    for path in paths:
+    shown = _spread(paths)
+    for path in shown:
         match = re.fullmatch(r"events_(\d+)_(\d+)", path.stem)
         caption = html.escape(path.name)
         if match:
@@ -1128,6 +1145,10 @@ def _event_maps_section(o: _Outputs, figures: _Figures, use_log: bool) -> str:
             out.append(_note(f"{path.name} cannot be read ({exc})."))
             continue
         out.append(_figure_html(_data_uri(data), path.stem, caption))
+    others = [p for p in paths if p not in shown]
+    if others:
+        links = ", ".join(f'<a href="event_maps/{html.escape(p.name)}">{html.escape(p.name)}</a>' for p in others)
+        out.append(f"<p>{len(shown)} of {len(paths)} event maps are shown; the others: {links}.</p>")
     return "\n".join(out)
 
 
