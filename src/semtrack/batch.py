@@ -97,7 +97,8 @@ def _local_results(tasks, workers: int) -> Iterator[dict[str, Any]]:
 
 def _dask_results(tasks, scheduler: str) -> Iterator[dict[str, Any]]:
     try:
-        from distributed import Client, as_completed as dask_completed
+        from distributed import Client
+        from distributed import as_completed as dask_completed
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise SemtrackError("--scheduler needs dask.distributed: pip install 'semtrack[dask]'") from exc
     try:

@@ -275,7 +275,7 @@ def describe_config(config: Config | None = None) -> str:
     """
     config = config or Config()
     lines: list[str] = []
-    for section_name, section_field in Config.model_fields.items():
+    for section_name in Config.model_fields:
         section = getattr(config, section_name)
         lines.append(f"[{section_name}]")
         for name, field in type(section).model_fields.items():

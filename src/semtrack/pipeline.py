@@ -325,8 +325,9 @@ def run(
         warnings.append("uncalibrated: no pixel size in the metadata or options; lengths are in px")
 
     inputs_key = [f.sha256 for f in series.frames] + [repr(series.times_h.tolist())]
+    registration_key = [inputs_key, config.registration.model_dump(mode="json"), config.io.model_dump(mode="json")]
     registration = _cached(
-        cache, "registration", [inputs_key, config.registration.model_dump(mode="json"), config.io.model_dump(mode="json")],
+        cache, "registration", registration_key,
         lambda: register.register_series(
             series,
             marker=config.registration.marker,
@@ -337,7 +338,9 @@ def run(
             progress=lambda d, t: notify("register", d, t),
         ),
     )
-    warnings += [f"{series.frames[i].path.name}: {fr.warning}" for i, fr in enumerate(registration.frames) if fr.warning]
+    warnings += [
+        f"{info.path.name}: {fr.warning}" for info, fr in zip(series.frames, registration.frames) if fr.warning
+    ]
     region = register.analysed_region(
         registration, [f.shape for f in series.frames], [f.valid_rows for f in series.frames]
     )
@@ -348,7 +351,10 @@ def run(
         raise SemtrackError("no area is imaged by every frame; nothing to analyse")
 
     model_key = [inputs_key, registration.matrices.round(6).tolist(), config.segment.model_dump(mode="json")]
-    phase_model = _cached(cache, "phase_model", model_key, lambda: fit_model(series, registration, region, config, lambda d, t: notify("model", d, t)))
+    phase_model = _cached(
+        cache, "phase_model", model_key,
+        lambda: fit_model(series, registration, region, config, lambda d, t: notify("model", d, t)),
+    )
 
     frame_key = [model_key, config.quantify.model_dump(mode="json"), config.grains.model_dump(mode="json"),
                  config.track.model_dump(mode="json"), _digest(np.packbits(region).tobytes())]
