@@ -30,26 +30,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
 from semtrack.config import OUTSIDE
 from semtrack.errors import SemtrackError
 from semtrack.grains import grain_summary, measure_grains
 from semtrack.quantify import phase_fractions
-from semtrack.synth import make_series
+from semtrack.synth import interior_grain_ecd_um, make_series
 
 OUT = Path(__file__).resolve().parent / "out"
 
 
-def truth_ecd_um(grain_labels: np.ndarray, region: np.ndarray, pixel_size_um: float) -> np.ndarray:
-    border = ~ndimage.binary_erosion(region, structure=np.ones((3, 3), bool), border_value=0)
-    n = int(grain_labels.max()) + 1
-    inside = np.zeros(n, bool)
-    inside[np.unique(grain_labels)] = True
-    inside[np.unique(grain_labels[border])] = False
-    inside[0] = False
-    area = np.bincount(grain_labels.ravel(), minlength=n)[inside]
-    return np.sqrt(4 * area / np.pi) * pixel_size_um
+
 
 
 def best_time(func, repeats: int) -> tuple[float, object]:
@@ -100,7 +91,7 @@ def run_case(shape, glass_fraction, seed, repeats, segment):
     region[max(y0 - guard, 0) : y1 + guard, max(x0 - guard, 0) : x1 + guard] = False
     # Visible truth: what a perfect map of this frame shows (the part of each grain islands leave uncovered).
     visible = np.where(s.islands_ref[0] == 0, s.grain_labels_ref, 0)
-    ecd_true = truth_ecd_um(visible, region, px)
+    ecd_true = interior_grain_ecd_um(visible, region, px)
     true_phases = np.where(region, s.phases_ref[0], OUTSIDE).astype(np.uint8)
     true_glass_fraction = np.mean(true_phases[region] == 1) / np.mean(np.isin(true_phases[region], (1, 2)))
 

@@ -15,6 +15,7 @@ from semtrack.grains import (
     grain_summary,
     measure_grains,
 )
+from semtrack.synth import interior_grain_ecd_um, make_series
 
 GLASS, GRAIN, ISLAND, PORE = 1, 2, 3, 0
 
@@ -314,31 +315,17 @@ def test_summary_rejects_foreign_table():
 # --------------------------------------------------------------------------- synthetic ground truth
 
 
-def _truth_inside(grain_labels, region, pixel_size_um):
-    from scipy import ndimage
-
-    border = ~ndimage.binary_erosion(region, structure=np.ones((3, 3), bool), border_value=0)
-    n = int(grain_labels.max()) + 1
-    ok = np.zeros(n, bool)
-    ok[np.unique(grain_labels)] = True
-    ok[np.unique(grain_labels[border])] = False
-    ok[0] = False
-    area = np.bincount(grain_labels.ravel(), minlength=n)[ok]
-    return np.sqrt(4 * area / np.pi) * pixel_size_um
-
-
 @pytest.mark.parametrize("use_image", [False, True])
 @pytest.mark.parametrize(("glass_fraction", "seed"), [(0.1, 0), (0.35, 1)])
 def test_synthetic_truth(glass_fraction, seed, use_image):
-    synth = pytest.importorskip("semtrack.synth")
-    s = synth.make_series(shape=(768, 1024), n_frames=1, glass_fraction=glass_fraction, seed=seed, n_islands=0)
+    s = make_series(shape=(768, 1024), n_frames=1, glass_fraction=glass_fraction, seed=seed, n_islands=0)
     region = s.analysed_region()
     # The marker (a detached piece drawn across grains) is not microstructure.
     x0, y0, x1, y1 = s.marker_rect
     guard = int(1.5 / s.pixel_size_um)
     region[max(y0 - guard, 0) : y1 + guard, max(x0 - guard, 0) : x1 + guard] = False
     phases = np.where(region, s.phases_ref[0], OUTSIDE).astype(np.uint8)
-    ecd_true = _truth_inside(s.grain_labels_ref, region, s.pixel_size_um)
+    ecd_true = interior_grain_ecd_um(s.grain_labels_ref, region, s.pixel_size_um)
     image = s.images[0] if use_image else None
     labels, table = measure_grains(phases, pixel_size_um=s.pixel_size_um, image=image)
     out = grain_summary(table, phases, pixel_size_um=s.pixel_size_um, labels=labels)
