@@ -208,11 +208,12 @@ def _event_counts_by_hand(events: pd.DataFrame, times_h) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _embedded_pngs(page: str) -> list[np.ndarray]:
-    images = []
-    for payload in re.findall(r'src="data:image/png;base64,([^"]+)"', page):
-        images.append(imread(io.BytesIO(base64.b64decode(payload)), format="png"))
-    return images
+def _embedded_images(page: str) -> list[np.ndarray]:
+    """Every image embedded in the page (PNG figures, JPEG event maps), decoded."""
+    return [
+        cv2.imdecode(np.frombuffer(base64.b64decode(payload), np.uint8), cv2.IMREAD_UNCHANGED)
+        for payload in re.findall(r'src="data:image/(?:png|jpeg);base64,([^"]+)"', page)
+    ]
 
 
 def _section(page: str, key: str) -> str:
@@ -241,7 +242,9 @@ def test_render_writes_report_with_every_section(full_report):
 def test_report_is_self_contained(full_report):
     _, _, page = full_report
     sources = re.findall(r'\bsrc="([^"]*)"', page)
-    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    # figures as PNG, event maps as reduced JPEG
+    assert sources and all(s.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for s in sources)
+    assert any(s.startswith("data:image/jpeg;base64,") for s in sources)
     assert re.findall(r'href="([^"]*)"', page) and all(h.startswith("#") for h in re.findall(r'href="([^"]*)"', page))
     for forbidden in ("<script", "<link", "url(", "@import", "http://", "https://"):
         assert forbidden not in page
@@ -256,7 +259,7 @@ def test_figures_written_and_not_blank(full_report):
         image = imread(path)
         assert image.shape[0] > 100 and image.shape[1] > 100, path.name
         assert image[..., :3].std() > 0.02, path.name
-    embedded = _embedded_pngs(page)
+    embedded = _embedded_images(page)
     # 7 figures + 3 event maps, each decodes to a non-uniform image.
     assert len(embedded) == 10
     assert all(image[..., :3].std() > 0 for image in embedded)
@@ -526,6 +529,24 @@ def test_long_series_show_a_bounded_number_of_frames_and_event_maps(tmp_path):
     folder = make_output_folder(tmp_path / "out", times_h=times)
     page = render(folder).read_text(encoding="utf-8")
     maps = _section(page, "event-maps")
-    assert maps.count("data:image/png") == _MAX_SHOWN
+    assert maps.count("data:image/jpeg") == _MAX_SHOWN
     assert f"{_MAX_SHOWN} of {len(times) - 1} event maps are shown" in maps
     assert f"{_MAX_SHOWN} of {len(times)} frames are shown" in _section(page, "overlays")
+
+
+def test_large_event_maps_are_embedded_reduced(tmp_path):
+    from semtrack.report import _THUMBNAIL_MAX_PX, _thumbnail_jpeg
+
+    rgb = np.full((2000, 3000, 3), 90, np.uint8)
+    cv2.circle(rgb, (1500, 1000), 300, (0, 0, 255), 40)  # a red ring (BGR) in the middle
+    path = tmp_path / "events_000_001.png"
+    cv2.imwrite(str(path), rgb)
+    small = cv2.imdecode(np.frombuffer(_thumbnail_jpeg(path), np.uint8), cv2.IMREAD_COLOR)
+    assert max(small.shape[:2]) == _THUMBNAIL_MAX_PX
+    assert small.shape[0] / small.shape[1] == pytest.approx(2000 / 3000, abs=0.002)
+    # the ring survives: red on its radius, grey in the centre
+    centre, factor = np.array(small.shape[:2]) // 2, _THUMBNAIL_MAX_PX / 3000
+    on_ring = small[centre[0], centre[1] + round(300 * factor)]
+    assert on_ring[2] > 200 and on_ring[0] < 60
+    assert np.abs(small[centre[0], centre[1]].astype(int) - 90).max() < 10
+    assert _thumbnail_jpeg(tmp_path / "missing.png") is None

@@ -665,10 +665,10 @@ def _write_event_maps(result: Result, out: Path) -> None:
     previous = read_label_map(island_map_path(out, 0)) if n else None
     for i in range(1, n):
         current = read_label_map(island_map_path(out, i))
-        image = cv2.imread(str(preview_path(out, i)), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255
+        image = cv2.imread(str(preview_path(out, i)), cv2.IMREAD_GRAYSCALE)
         interval = events[(events["frame_from"] == i - 1) & (events["frame_to"] == i)]
         rgb = track.event_map(
-            np.where(result.region, image, np.nan), previous, current, interval,
+            np.where(result.region, image, np.uint8(0)), previous, current, interval,
             pixel_size_um=result.series.pixel_size_um,
         )
         write_png(rgb, event_map_path(out, i - 1, i))

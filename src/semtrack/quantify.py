@@ -14,6 +14,7 @@ import logging
 import math
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 from scipy import stats
 
@@ -145,31 +146,28 @@ def phase_fractions(
     if tile_um is not None and not (np.isfinite(tile_um) and tile_um > 0):
         raise ValueError(f"`tile_um` must be a positive number or None (automatic), got {tile_um!r}")
 
-    codes = phases.astype(np.intp, copy=False)
+    k = len(names)
+    codes = _as_codes(phases)
     region = codes != OUTSIDE
-    bad = np.unique(codes[region & (codes >= len(names))])
-    if bad.size:
+    foreign = region & (codes >= k)
+    if foreign.any():
         raise ValueError(
-            f"`phases` holds codes {bad.tolist()} that are not phases (0..{len(names) - 1}) nor "
+            f"`phases` holds codes {np.unique(codes[foreign]).tolist()} that are not phases (0..{k - 1}) nor "
             f"{OUTSIDE} (outside); pass matching `phase_names`"
         )
-    n_region = int(region.sum())
+    n_region = int(np.count_nonzero(region))
     if n_region == 0:
         raise SemtrackError(
             "the phase map has no analysed pixels (all are 255 = outside); check the analysed region"
         )
 
     if tile_um is None:
-        tile_px = _auto_tile_px(codes, region, len(names))
+        tile_px = _auto_tile_px(codes, region, k)
     else:
         tile_px = tile_um / scale
     tile_px = max(float(tile_px), 1.0)
 
-    field_index, n_fields_total = _field_index(region, tile_px)
-    k = len(names)
-    in_region = field_index[region]
-    counts = np.bincount(in_region * k + codes[region], minlength=n_fields_total * k)
-    counts = counts.reshape(n_fields_total, k).astype(float)
+    counts = _field_counts(codes, region, tile_px, k)
     m = counts.sum(axis=1)
     keep = m > 0
     counts, m = counts[keep], m[keep]
@@ -221,8 +219,7 @@ def microstructure_scale_px(phases: np.ndarray, *, n_phases: int | None = None) 
     >>> microstructure_scale_px(stripes)
     7.0
     """
-    phases = _check_phases(phases, "phases")
-    codes = phases.astype(np.intp, copy=False)
+    codes = _as_codes(_check_phases(phases, "phases"))
     region = codes != OUTSIDE
     if not region.any():
         raise SemtrackError("the phase map has no analysed pixels (all are 255 = outside)")
@@ -247,17 +244,25 @@ def _check_pixel_size(pixel_size_um) -> float:
     return float(pixel_size_um)
 
 
+def _as_codes(phases: np.ndarray) -> np.ndarray:
+    # Comparisons on the map's own integer type: a wider copy would cost more than the counting.
+    return phases.view(np.uint8) if phases.dtype == bool else phases
+
+
 def _runs_per_code(codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Number of runs and of pixels of each code along all rows and columns."""
+    # A run starts where the code differs from its left (upper) neighbour, or at the first column (row).
+    new_in_row = codes[:, 1:] != codes[:, :-1]
+    new_in_col = codes[1:, :] != codes[:-1, :]
     runs = np.zeros(k, dtype=float)
     pixels = np.zeros(k, dtype=float)
-    for lines in (codes, codes.T):
-        starts = np.ones(lines.shape, dtype=bool)
-        starts[:, 1:] = lines[:, 1:] != lines[:, :-1]
-        values = lines[starts]
-        runs += np.bincount(values[values < k], minlength=k)[:k]
-        inside = lines[lines < k]
-        pixels += np.bincount(inside.ravel(), minlength=k)[:k]
+    for code in range(k):
+        is_code = codes == code
+        runs[code] = (
+            np.count_nonzero(is_code[:, 0]) + np.count_nonzero(is_code[:, 1:] & new_in_row)
+            + np.count_nonzero(is_code[0, :]) + np.count_nonzero(is_code[1:, :] & new_in_col)
+        )
+        pixels[code] = 2 * np.count_nonzero(is_code)  # once along its row, once along its column
     return runs, pixels
 
 
@@ -278,15 +283,25 @@ def _auto_tile_px(codes: np.ndarray, region: np.ndarray, k: int) -> float:
     return max(min(tile, tile_for_min_fields), _MIN_TILE_SCALES * scale)
 
 
-def _field_index(region: np.ndarray, tile_px: float) -> tuple[np.ndarray, int]:
-    """Field number of every pixel: the region's bounding box cut into near-square equal fields."""
+def _field_counts(codes: np.ndarray, region: np.ndarray, tile_px: float, k: int) -> np.ndarray:
+    """Pixels of each code in each field, shape (n_fields, k): the region's bounding box cut into
+    near-square equal fields, numbered row by row."""
     rows, cols = np.nonzero(region.any(axis=1))[0], np.nonzero(region.any(axis=0))[0]
     r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     n_r = max(1, round((r1 - r0) / tile_px))
     n_c = max(1, round((c1 - c0) / tile_px))
-    rr = np.clip((np.arange(region.shape[0]) - r0) * n_r // (r1 - r0), 0, n_r - 1)
-    cc = np.clip((np.arange(region.shape[1]) - c0) * n_c // (c1 - c0), 0, n_c - 1)
-    return rr[:, None] * n_c + cc[None, :], n_r * n_c
+    row_field = np.clip((np.arange(codes.shape[0]) - r0) * n_r // (r1 - r0), 0, n_r - 1)
+    col_field = np.clip((np.arange(codes.shape[1]) - c0) * n_c // (c1 - c0), 0, n_c - 1)
+    # Field edges, and block sums from integral images (pixels outside the region hold OUTSIDE,
+    # never a phase code, so they count for nothing).
+    row_edges = np.append(np.flatnonzero(np.diff(row_field, prepend=-1)), codes.shape[0])
+    col_edges = np.append(np.flatnonzero(np.diff(col_field, prepend=-1)), codes.shape[1])
+    counts = np.empty((n_r, n_c, k), dtype=float)
+    for code in range(k):
+        integral = cv2.integral((codes == code).view(np.uint8), sdepth=cv2.CV_64F)
+        corners = integral[np.ix_(row_edges, col_edges)]
+        counts[:, :, code] = corners[1:, 1:] - corners[:-1, 1:] - corners[1:, :-1] + corners[:-1, :-1]
+    return counts.reshape(n_r * n_c, k)
 
 
 def _ratio_interval(a: np.ndarray, m: np.ndarray, confidence: float) -> tuple[float, float, float]:

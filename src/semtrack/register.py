@@ -79,6 +79,9 @@ _MAX_POINTS_FULL = 120_000
 # unrelated micrographs can exceed 0.5 on a small overlap.
 _SCORE_SIGMAS = (1.0, 4.0)
 _SCORE_SUPPORT = int(math.ceil(4 * _SCORE_SIGMAS[1])) + 2
+# Marker pixels sampled for the score (a regular grid): enough for a stable NCC, and its
+# float64 temporaries stay small.
+_MAX_SCORE_POINTS = 200_000
 # Longer side of the level where the global (shift-only) search runs.
 _COARSE_SIDE = 320
 # Smallest marker side, in pixels of the coarse level, for the global search.
@@ -613,7 +616,7 @@ def _score_sample(level: _Level, mask: np.ndarray) -> _ScoreSample:
     kernel = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
     inner = cv2.erode(mask.astype(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
     ys, xs = np.nonzero(inner if inner.sum() >= 256 else mask)
-    step = max(1, int(math.sqrt(ys.size / 200_000)))
+    step = max(1, math.ceil(math.sqrt(ys.size / _MAX_SCORE_POINTS)))
     keep = (ys % step == 0) & (xs % step == 0)
     ys, xs = ys[keep], xs[keep]
     y0, y1 = max(ys.min() - _SCORE_SUPPORT, 0), ys.max() + _SCORE_SUPPORT + 1
@@ -657,11 +660,13 @@ class _Reference:
         self.model = model
         self.mask, self.box = _marker_mask(marker, image.shape)
         self.n_levels, self.coarse = _n_levels(image.shape, self.box)
-        self.levels = _pyramid(image, valid, self.n_levels)
+        # Only the templates and the coarse level are kept: the full-resolution pyramid is the
+        # largest thing registration would otherwise hold for the whole series.
+        levels = _pyramid(image, valid, self.n_levels)
         self.templates: list[_Template | None] = [None] * self.n_levels
         for i in range(self.coarse if coarse_only else 0, self.n_levels):
-            m = _level_mask(self.mask, self.levels[i], i)
-            self.templates[i] = _prepare_template(self.levels[i], m, model, _MAX_POINTS_FULL if i == 0 else _MAX_POINTS)
+            m = _level_mask(self.mask, levels[i], i)
+            self.templates[i] = _prepare_template(levels[i], m, model, _MAX_POINTS_FULL if i == 0 else _MAX_POINTS)
         if coarse_only:
             self.score_sample = None
         elif self.templates[0] is None:
@@ -670,8 +675,8 @@ class _Reference:
                 "choose a marker inside the imaged area"
             )
         else:
-            self.score_sample = _score_sample(self.levels[0], _level_mask(self.mask, self.levels[0], 0))
-        coarse = self.levels[self.coarse]
+            self.score_sample = _score_sample(levels[0], _level_mask(self.mask, levels[0], 0))
+        coarse = self.coarse_level = levels[self.coarse]
         cm = _level_mask(self.mask, coarse, self.coarse)
         ys, xs = np.nonzero(cm)
         if ys.size < 16:
@@ -933,7 +938,7 @@ def _local_stability(ref: _Reference, other: np.ndarray, other_valid: np.ndarray
         # Robust weights let the changed parts go: the rest aligns to within a coarse pixel.
         m, _, _ = _refine(tmpl, lvl, _scaled(matrix, tmpl.factor), "similarity", max_iter=40, tol=0.05)
         matrix = _scaled(m, 1.0 / tmpl.factor)
-    rl = ref.levels[level_index]
+    rl = ref.coarse_level
     warped = resample(lvl.image, _scaled(matrix, lvl.factor), rl.image.shape, order=1, fill=np.nan)
     ok = np.isfinite(warped) & rl.valid
     a = np.where(ok, rl.image, 0).astype(np.float32)
@@ -1032,6 +1037,7 @@ def register_series(
         ref = _Reference(ref_img, ref_valid, marker_arg, model)
     except RegistrationError as exc:
         raise RegistrationError(exc.message, path=path_of(reference)) from exc
+    del ref_img, ref_valid  # the reference's templates are all that is needed from here on
     frames: list[FrameRegistration | None] = [None] * n
     frames[reference] = FrameRegistration(np.eye(3), 1.0, True, None)
     done = 1

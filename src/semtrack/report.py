@@ -69,6 +69,9 @@ _FRAMES_PER_ROW = 4
 #: Long series: the report shows this many frames / event maps (evenly spread, first and last
 #: included) so its size and memory stay bounded; the rest are linked or in the output folder.
 _MAX_SHOWN = 8
+# Long side of the event maps embedded in the page (the full-size files are linked).
+_THUMBNAIL_MAX_PX = 1280
+_THUMBNAIL_JPEG_QUALITY = 88
 # Times spanning more than this ratio (max / smallest positive) get a log axis.
 _LOG_TIME_RATIO = 20.0
 
@@ -362,8 +365,8 @@ class _Figures:
                 (self.folder / f"{name}.png").unlink(missing_ok=True)
 
 
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def _data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
 def _figure(width_in: float, height_in: float, *, dpi: int = _DPI):
@@ -1139,17 +1142,37 @@ def _event_maps_section(o: _Outputs, figures: _Figures, use_log: bool) -> str:
             f0, f1 = int(match.group(1)), int(match.group(2))
             when = f" ({times[f0]:g} h → {times[f1]:g} h)" if f0 in times and f1 in times else ""
             caption = f"frame {f0} → {f1}{when}: later frame with island outlines and event marks"
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            out.append(_note(f"{path.name} cannot be read ({exc})."))
+        data = _thumbnail_jpeg(path)
+        if data is None:
+            out.append(_note(f"{path.name} cannot be read."))
             continue
-        out.append(_figure_html(_data_uri(data), path.stem, caption))
+        full_size = f" (reduced; full size in event_maps/{html.escape(path.name)})"
+        out.append(_figure_html(_data_uri(data, "image/jpeg"), path.stem, caption + full_size))
     others = [p for p in paths if p not in shown]
     if others:
         links = ", ".join(f'<a href="event_maps/{html.escape(p.name)}">{html.escape(p.name)}</a>' for p in others)
         out.append(f"<p>{len(shown)} of {len(paths)} event maps are shown; the others: {links}.</p>")
     return "\n".join(out)
+
+
+def _thumbnail_jpeg(path: Path, max_side_px: int = _THUMBNAIL_MAX_PX) -> bytes | None:
+    """JPEG bytes of an image shrunk to at most ``max_side_px`` on its long side.
+
+    Full-size event maps of large frames are several MB of PNG each (the noisy BSE image under
+    the outlines does not compress); embedded as they are they would make the page slow to open.
+    """
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        logger.warning("cannot read %s", path)
+        return None
+    factor = max(image.shape[:2]) / max_side_px
+    if factor > 1:
+        size = (max(1, round(image.shape[1] / factor)), max(1, round(image.shape[0] / factor)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, _THUMBNAIL_JPEG_QUALITY])
+    return buffer.tobytes() if ok else None
 
 
 def _grains_section(o: _Outputs, figures: _Figures, use_log: bool) -> str:

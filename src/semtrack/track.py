@@ -1253,10 +1253,12 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
         grey = image
     else:
         raise ValueError(f"`image` must be (rows, cols) or (rows, cols, 3), got shape {image.shape}")
-    if np.issubdtype(grey.dtype, np.integer):
-        grey = grey / float(np.iinfo(image.dtype).max)
-    grey = np.clip(np.nan_to_num(np.asarray(grey, dtype=np.float32)), 0, 1)
-    return np.repeat((grey * 255 + 0.5).astype(np.uint8)[:, :, None], 3, axis=2)
+    if grey.dtype != np.uint8:
+        if np.issubdtype(grey.dtype, np.integer):
+            grey = grey / float(np.iinfo(image.dtype).max)
+        grey = np.clip(np.nan_to_num(np.asarray(grey, dtype=np.float32)), 0, 1)
+        grey = (grey * 255 + 0.5).astype(np.uint8)
+    return np.repeat(grey[:, :, None], 3, axis=2)
 
 
 def _outline(labels: np.ndarray) -> np.ndarray:
@@ -1268,6 +1270,13 @@ def _outline(labels: np.ndarray) -> np.ndarray:
     edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
     edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
     return edge & (lab > 0)
+
+
+def _member(labels: np.ndarray, ids: list[int]) -> np.ndarray:
+    """``np.isin(labels, ids)`` by table lookup (ids are small non-negative integers)."""
+    table = np.zeros(max(int(labels.max()), max(ids)) + 1, bool)
+    table[[i for i in ids if i >= 0]] = True
+    return table[labels]
 
 
 def event_map(
@@ -1330,18 +1339,19 @@ def event_map(
     thick = max(1, int(round(side / 600)))
     mark = max(5, int(round(side / 90)))
 
-    rgb[_outline(after)] = _OUTLINE_RGB
+    after_edge = _outline(after)
+    rgb[after_edge] = _OUTLINE_RGB
     ev = events_interval
     ids_of = {kind: [i for s in ev.loc[ev["event"] == kind, col] for i in _split_ids(s)]
               for kind, col in (("dissolution", "islands_before"), ("coalescence", "islands_after"),
                                 ("split", "islands_after"))}
+    # The outline of some islands is their part of the outline of all: a neighbour that is another
+    # island is a boundary either way.
     if ids_of["dissolution"]:
-        gone = np.isin(before, ids_of["dissolution"])
-        rgb[_outline(np.where(gone, before, 0))] = EVENT_STYLE["dissolution"][0]
+        rgb[_outline(before) & _member(before, ids_of["dissolution"])] = EVENT_STYLE["dissolution"][0]
     for kind in ("coalescence", "split"):
         if ids_of[kind]:
-            sel = np.isin(after, ids_of[kind])
-            rgb[_outline(np.where(sel, after, 0))] = EVENT_STYLE[kind][0]
+            rgb[after_edge & _member(after, ids_of[kind])] = EVENT_STYLE[kind][0]
 
     markers = {"square": cv2.MARKER_SQUARE, "diamond": cv2.MARKER_DIAMOND, "x": cv2.MARKER_TILTED_CROSS,
                "triangle": cv2.MARKER_TRIANGLE_UP}
