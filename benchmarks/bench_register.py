@@ -99,18 +99,35 @@ def methods_study(seeds, shape, n_frames, regime: str) -> list[dict]:
 
         def add(method, frame, matrix, cpu, wall, score=np.nan):
             rows.append(
-                dict(study=f"methods, {regime} ranges", method=method, seed=seed, frame=frame, rms_px=rms_px(matrix, s.matrices[frame], region),
-                     cpu_s=cpu, wall_s=wall, score=score)
+                dict(
+                    study=f"methods, {regime} ranges",
+                    method=method,
+                    seed=seed,
+                    frame=frame,
+                    rms_px=rms_px(matrix, s.matrices[frame], region),
+                    cpu_s=cpu,
+                    wall_s=wall,
+                    score=score,
+                )
             )
 
         for i in range(1, n_frames):
             reg, cpu, wall = timed(
-                lambda: register_frame(images[0], images[i], marker=s.marker_rect, reference_valid=valid, moving_valid=valid)
+                lambda: register_frame(
+                    images[0], images[i], marker=s.marker_rect, reference_valid=valid, moving_valid=valid
+                )
             )
             add("semtrack marker", i, reg.matrix, cpu, wall, reg.score)
         reg, cpu, wall = timed(lambda: register_series(images, marker=None, valid_masks=[valid] * n_frames))
         for i in range(1, n_frames):
-            add("semtrack auto", i, reg.frames[i].matrix, cpu / (n_frames - 1), wall / (n_frames - 1), reg.frames[i].score)
+            add(
+                "semtrack auto",
+                i,
+                reg.frames[i].matrix,
+                cpu / (n_frames - 1),
+                wall / (n_frames - 1),
+                reg.frames[i].score,
+            )
         for i in range(1, n_frames):
             m, cpu, wall = timed(lambda: pystackreg_matrix(top[0], top[i]))
             add("pystackreg", i, m, cpu, wall)
@@ -123,20 +140,31 @@ def methods_study(seeds, shape, n_frames, regime: str) -> list[dict]:
 def strategy_study(seeds, shape, n_frames) -> list[dict]:
     rows = []
     for seed in seeds:
-        s = make_series(shape=shape, n_frames=n_frames, seed=100 + seed, times_h=24.0 * np.arange(1, n_frames + 1), **ISSUE_RANGES)
+        s = make_series(
+            shape=shape, n_frames=n_frames, seed=100 + seed, times_h=24.0 * np.arange(1, n_frames + 1), **ISSUE_RANGES
+        )
         region = s.analysed_region()
         h, w = s.shape
         valid = np.ones((h, w), dtype=bool)
         valid[h - s.info_bar_rows :] = False
         for strategy in ("direct", "chained"):
             reg, cpu, wall = timed(
-                lambda: register_series(s.images, marker=s.marker_rect, valid_masks=[valid] * n_frames, strategy=strategy)
+                lambda: register_series(
+                    s.images, marker=s.marker_rect, valid_masks=[valid] * n_frames, strategy=strategy
+                )
             )
             for i in range(1, n_frames):
                 rows.append(
-                    dict(study="strategy", method=f"semtrack {strategy}", seed=seed, frame=i,
-                         rms_px=rms_px(reg.frames[i].matrix, s.matrices[i], region),
-                         cpu_s=cpu / (n_frames - 1), wall_s=wall / (n_frames - 1), score=reg.frames[i].score)
+                    dict(
+                        study="strategy",
+                        method=f"semtrack {strategy}",
+                        seed=seed,
+                        frame=i,
+                        rms_px=rms_px(reg.frames[i].matrix, s.matrices[i], region),
+                        cpu_s=cpu / (n_frames - 1),
+                        wall_s=wall / (n_frames - 1),
+                        score=reg.frames[i].score,
+                    )
                 )
         print(f"strategy seed {seed}: done", flush=True)
     return rows
@@ -156,17 +184,28 @@ def main() -> None:
     df.to_csv(OUT / "register.csv", index=False)
     summary = (
         df.groupby(["study", "method"], sort=False)
-        .agg(rms_px_mean=("rms_px", "mean"), rms_px_max=("rms_px", "max"), cpu_s_per_frame=("cpu_s", "mean"),
-             wall_s_per_frame=("wall_s", "mean"), n=("rms_px", "size"))
+        .agg(
+            rms_px_mean=("rms_px", "mean"),
+            rms_px_max=("rms_px", "max"),
+            cpu_s_per_frame=("cpu_s", "mean"),
+            wall_s_per_frame=("wall_s", "mean"),
+            n=("rms_px", "size"),
+        )
         .reset_index()
     )
     print()
     print("study                 | method            | rms_px mean | rms_px max | cpu s/frame | wall s/frame |  n")
     print("----------------------|-------------------|-------------|------------|-------------|--------------|----")
     for r in summary.itertuples():
-        print(f"{r.study:<21} | {r.method:<17} | {r.rms_px_mean:11.3f} | {r.rms_px_max:10.3f} | {r.cpu_s_per_frame:11.3f} | "
-              f"{r.wall_s_per_frame:12.3f} | {r.n:3d}")
-    far = df[(df.study == "strategy")].groupby("method").apply(lambda g: g[g.frame == g.frame.max()].rms_px.mean(), include_groups=False)
+        print(
+            f"{r.study:<21} | {r.method:<17} | {r.rms_px_mean:11.3f} | {r.rms_px_max:10.3f} | "
+            f"{r.cpu_s_per_frame:11.3f} | {r.wall_s_per_frame:12.3f} | {r.n:3d}"
+        )
+    far = (
+        df[(df.study == "strategy")]
+        .groupby("method")
+        .apply(lambda g: g[g.frame == g.frame.max()].rms_px.mean(), include_groups=False)
+    )
     print("\nlast frame of the long series, rms_px:", far.round(3).to_dict())
     print(f"\nwritten: {OUT / 'register.csv'}")
 

@@ -8,7 +8,7 @@ from semtrack.errors import ConfigError
 
 def test_defaults_are_documented_and_round_trip_through_toml(tmp_path):
     text = describe_config()
-    for section, field in Config.model_fields.items():
+    for section in Config.model_fields:
         assert f"[{section}]" in text
         for name, info in type(getattr(Config(), section)).model_fields.items():
             assert info.description, f"{section}.{name} has no description"

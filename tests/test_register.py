@@ -54,8 +54,13 @@ def similarity(dx=0.0, dy=0.0, rot_deg=0.0, scale=1.0, shear=0.0, centre=(208.0,
 def world() -> np.ndarray:
     """A noise-free synthetic BSE micrograph (grains, glass, pores, islands, marker), float in [0, 1]."""
     s = make_series(
-        shape=(SHAPE[0] + 2 * OFFSET, SHAPE[1] + 2 * OFFSET), n_frames=1, seed=5, info_bar=False,
-        dose_electrons_per_px=None, scan_line_noise=0.0, dtype="uint16",
+        shape=(SHAPE[0] + 2 * OFFSET, SHAPE[1] + 2 * OFFSET),
+        n_frames=1,
+        seed=5,
+        info_bar=False,
+        dose_electrons_per_px=None,
+        scan_line_noise=0.0,
+        dtype="uint16",
     )
     return s.images[0].astype(np.float32) / 65535
 
@@ -64,7 +69,10 @@ def view(world: np.ndarray, matrix: np.ndarray, *, gain=1.0, offset=0.0, noise=0
     """The frame whose pixel ``matrix @ p`` shows what the reference shows at ``p``."""
     to_world = np.array([[1, 0, OFFSET], [0, 1, OFFSET], [0, 0, 1.0]]) @ np.linalg.inv(matrix)
     img = cv2.warpAffine(
-        world, to_world[:2], SHAPE[::-1], flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+        world,
+        to_world[:2],
+        SHAPE[::-1],
+        flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REFLECT,
     )
     img = gain * img + offset
@@ -237,8 +245,13 @@ def test_colour_image_rejected(reference):
 def test_series_within_issue_ranges(seed):
     """Translation to 10 % of the field, rotation 2 deg, scale 1 %, contrast 30 %, noise, island change."""
     s = make_series(
-        shape=(384, 512), n_frames=3, seed=seed, max_shift_fraction=0.1, max_rotation_deg=2.0,
-        max_scale_change=0.01, brightness_change=0.3,
+        shape=(384, 512),
+        n_frames=3,
+        seed=seed,
+        max_shift_fraction=0.1,
+        max_rotation_deg=2.0,
+        max_scale_change=0.01,
+        brightness_change=0.3,
     )
     h, w = s.shape
     valid = np.ones((h, w), dtype=bool)
@@ -403,7 +416,10 @@ def test_analysed_region_known_shifts():
     "matrix, expected",
     [
         (np.eye(3), dict(dx_px=0.0, dy_px=0.0, rotation_deg=0.0, scale=1.0)),
-        (similarity(dx=3, dy=-2, rot_deg=1.5, scale=1.01, centre=(0, 0)), dict(dx_px=3, dy_px=-2, rotation_deg=1.5, scale=1.01)),
+        (
+            similarity(dx=3, dy=-2, rot_deg=1.5, scale=1.01, centre=(0, 0)),
+            dict(dx_px=3, dy_px=-2, rotation_deg=1.5, scale=1.01),
+        ),
         (similarity(rot_deg=-2.0, scale=0.99, centre=(0, 0)), dict(dx_px=0, dy_px=0, rotation_deg=-2.0, scale=0.99)),
     ],
 )

@@ -7,7 +7,6 @@ tables written with pandas), so these tests do not depend on the pipeline.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import re
 from pathlib import Path
@@ -22,11 +21,11 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 from skimage.measure import label, regionprops_table
 
+import semtrack.report as report_module
 from semtrack.config import OUTSIDE
 from semtrack.errors import OutputError
-from semtrack.report import PHASE_COLOURS, render
-import semtrack.report as report_module
 from semtrack.report import (
+    PHASE_COLOURS,
     _event_counts,
     _jmak_curve,
     _jmak_fit,
@@ -36,6 +35,7 @@ from semtrack.report import (
     _panel_images,
     _table_html,
     _use_log_time,
+    render,
 )
 
 TIMES_H = (24.0, 96.0, 845.0, 1055.0)
@@ -76,7 +76,7 @@ def _phase_maps(shape, times_h, rng, *, bar_rows=12, margin=4):
             r = radius * (2.2 if i == len(times_h) - 1 and k % 3 == 1 else 1.0)  # agglomerates
             phases[(yy - y) ** 2 + (xx - x) ** 2 < r**2] = 3
         phases[:margin], phases[:, :margin], phases[:, -margin:] = OUTSIDE, OUTSIDE, OUTSIDE
-        phases[rows - bar_rows - margin:] = OUTSIDE
+        phases[rows - bar_rows - margin :] = OUTSIDE
         maps.append(phases)
     return maps, grains
 
@@ -112,54 +112,126 @@ def make_output_folder(
         if "previews" not in omit:
             cv2.imwrite(str(folder / "previews" / f"frame_{i:03d}.png"), preview)
         inside = phases != OUTSIDE
-        fractions = {name: float(np.mean(phases[inside] == code))
-                     for code, name in enumerate(("pore", "glass", "nasicon", "na3po4"))}
-        row = {"frame": i, "file": f"sample_t{t:g}h.tif", "time_h": t, "dx_px": 3.0 * i, "dy_px": -2.0 * i,
-               "rotation_deg": 0.1 * i, "scale": 1.0 + 0.001 * i,
-               "reg_score": 0.3 if i in poor_frames else 0.95 - 0.02 * i,
-               "reg_ok": i not in poor_frames}
+        fractions = {
+            name: float(np.mean(phases[inside] == code))
+            for code, name in enumerate(("pore", "glass", "nasicon", "na3po4"))
+        }
+        row = {
+            "frame": i,
+            "file": f"sample_t{t:g}h.tif",
+            "time_h": t,
+            "dx_px": 3.0 * i,
+            "dy_px": -2.0 * i,
+            "rotation_deg": 0.1 * i,
+            "scale": 1.0 + 0.001 * i,
+            "reg_score": 0.3 if i in poor_frames else 0.95 - 0.02 * i,
+            "reg_ok": i not in poor_frames,
+        }
         for name, value in fractions.items():
             row[f"frac_{name}"] = value
             row[f"frac_{name}_ci_low"] = max(0.0, value - 0.01)
             row[f"frac_{name}_ci_high"] = min(1.0, value + 0.01)
         glass = fractions["glass"] / (fractions["glass"] + fractions["nasicon"])
         areas = np.bincount(islands.ravel())[1:] * px_area
-        row |= {"glass_fraction": glass, "glass_fraction_ci_low": glass - 0.01,
-                "glass_fraction_ci_high": glass + 0.01, "n_islands": int(islands.max()),
-                "na3po4_area_um2": float(areas.sum()), "island_area_mean_um2": float(areas.mean()),
-                "grain_count": int(grains.max() + 1), "grain_ecd_mean_um": 2.1, "grain_ecd_median_um": 1.9,
-                "astm_g_planimetric": 14.2, "astm_g_intercept": 14.0, "pixel_size_um": pixel_size_um,
-                "an_extra_column": "ignored"}
+        row |= {
+            "glass_fraction": glass,
+            "glass_fraction_ci_low": glass - 0.01,
+            "glass_fraction_ci_high": glass + 0.01,
+            "n_islands": int(islands.max()),
+            "na3po4_area_um2": float(areas.sum()),
+            "island_area_mean_um2": float(areas.mean()),
+            "grain_count": int(grains.max() + 1),
+            "grain_ecd_mean_um": 2.1,
+            "grain_ecd_median_um": 1.9,
+            "astm_g_planimetric": 14.2,
+            "astm_g_intercept": 14.0,
+            "pixel_size_um": pixel_size_um,
+            "an_extra_column": "ignored",
+        }
         frame_rows.append(row)
         for k, a in enumerate(areas):
-            island_rows.append({"frame": i, "time_h": t, "island_id": k + 1, "area_um2": a,
-                                "x_px": 10.0 * k, "y_px": 5.0, "parents": ""})
+            island_rows.append(
+                {
+                    "frame": i,
+                    "time_h": t,
+                    "island_id": k + 1,
+                    "area_um2": a,
+                    "x_px": 10.0 * k,
+                    "y_px": 5.0,
+                    "parents": "",
+                }
+            )
     props = pd.DataFrame(regionprops_table(grains + 1, properties=("label", "area", "bbox")))
-    border = (props["bbox-0"] == 0) | (props["bbox-1"] == 0) | (props["bbox-2"] == shape[0]) | (
-        props["bbox-3"] == shape[1])
-    grain_table = pd.DataFrame({"frame": 0, "grain_id": props["label"], "area_um2": props["area"] * px_area,
-                                "ecd_um": np.sqrt(4 * props["area"] * px_area / np.pi),
-                                "feret_max_um": 1.0, "feret_min_um": 1.0, "aspect_ratio": 1.0,
-                                "touches_border": border})
-    events = pd.DataFrame([
-        {"frame_from": i - 1, "frame_to": i, "time_from_h": times_h[i - 1], "time_to_h": times_h[i],
-         "event": event, "x_px": 20.0, "y_px": 30.0, "islands_before": "1;2", "islands_after": "3",
-         "area_um2": 1.5}
-        for i in range(1, len(times_h))
-        for event, n in (("formation", i), ("coalescence", 2 * (i == len(times_h) - 1)),
-                         ("split", 1), ("dissolution", 3 * (i == len(times_h) - 1)))
-        for _ in range(n)
-    ], columns=["frame_from", "frame_to", "time_from_h", "time_to_h", "event", "x_px", "y_px",
-                "islands_before", "islands_after", "area_um2"])
+    border = (
+        (props["bbox-0"] == 0) | (props["bbox-1"] == 0) | (props["bbox-2"] == shape[0]) | (props["bbox-3"] == shape[1])
+    )
+    grain_table = pd.DataFrame(
+        {
+            "frame": 0,
+            "grain_id": props["label"],
+            "area_um2": props["area"] * px_area,
+            "ecd_um": np.sqrt(4 * props["area"] * px_area / np.pi),
+            "feret_max_um": 1.0,
+            "feret_min_um": 1.0,
+            "aspect_ratio": 1.0,
+            "touches_border": border,
+        }
+    )
+    events = pd.DataFrame(
+        [
+            {
+                "frame_from": i - 1,
+                "frame_to": i,
+                "time_from_h": times_h[i - 1],
+                "time_to_h": times_h[i],
+                "event": event,
+                "x_px": 20.0,
+                "y_px": 30.0,
+                "islands_before": "1;2",
+                "islands_after": "3",
+                "area_um2": 1.5,
+            }
+            for i in range(1, len(times_h))
+            for event, n in (
+                ("formation", i),
+                ("coalescence", 2 * (i == len(times_h) - 1)),
+                ("split", 1),
+                ("dissolution", 3 * (i == len(times_h) - 1)),
+            )
+            for _ in range(n)
+        ],
+        columns=[
+            "frame_from",
+            "frame_to",
+            "time_from_h",
+            "time_to_h",
+            "event",
+            "x_px",
+            "y_px",
+            "islands_before",
+            "islands_after",
+            "area_um2",
+        ],
+    )
     intervals = _event_counts_by_hand(events, times_h)
-    tables = {"frames.csv": pd.DataFrame(frame_rows), "grains.csv": grain_table,
-              "islands.csv": pd.DataFrame(island_rows), "events.csv": events, "intervals.csv": intervals}
+    tables = {
+        "frames.csv": pd.DataFrame(frame_rows),
+        "grains.csv": grain_table,
+        "islands.csv": pd.DataFrame(island_rows),
+        "events.csv": events,
+        "intervals.csv": intervals,
+    }
     for name, table in tables.items():
         if name in omit:
             continue
         if not calibrated:
-            table = table.rename(columns={c: c.replace("_um2", "_px2").replace("_um", "_px").replace(
-                "_per_mm2", "_per_px2_x1e6") for c in table.columns if c != "pixel_size_um"})
+            table = table.rename(
+                columns={
+                    c: c.replace("_um2", "_px2").replace("_um", "_px").replace("_per_mm2", "_per_px2_x1e6")
+                    for c in table.columns
+                    if c != "pixel_size_um"
+                }
+            )
         table.to_csv(folder / name, index=False)
     if "event_maps" not in omit and len(times_h) > 1:
         (folder / "event_maps").mkdir(exist_ok=True)
@@ -168,23 +240,44 @@ def make_output_folder(
             cv2.circle(rgb, (40, 40), 12, (0, 0, 255), 2)
             cv2.imwrite(str(folder / "event_maps" / f"events_{i - 1:03d}_{i:03d}.png"), rgb)
     documents = {
-        "transforms.json": {"reference": 0, "frames": [{"frame": i, "matrix": np.eye(3).tolist()}
-                                                       for i in range(len(times_h))]},
+        "transforms.json": {
+            "reference": 0,
+            "frames": [{"frame": i, "matrix": np.eye(3).tolist()} for i in range(len(times_h))],
+        },
         # The flat layout semtrack.track.fit_kinetics writes.
-        "kinetics.json": {"model": "f = f_max * (1 - exp(-(k t)^n))", "k_per_h": 0.001, "n": 1.0,
-                          "f_max": 0.004, "r2": 0.97, "jmak_note": "fitted", "size_model": "A = a * t^p",
-                          "size_prefactor_um2": 0.02, "size_exponent": 0.7, "size_r2": 0.9,
-                          "size_note": "fitted"},
+        "kinetics.json": {
+            "model": "f = f_max * (1 - exp(-(k t)^n))",
+            "k_per_h": 0.001,
+            "n": 1.0,
+            "f_max": 0.004,
+            "r2": 0.97,
+            "jmak_note": "fitted",
+            "size_model": "A = a * t^p",
+            "size_prefactor_um2": 0.02,
+            "size_exponent": 0.7,
+            "size_r2": 0.9,
+            "size_note": "fitted",
+        },
         "run.json": {
-            "semtrack_version": "0.1.0", "created": "2026-11-25T21:00:00+00:00",
-            "inputs": [{"file": f"/data/sample/sample_t{t:g}h.tif", "sha256": f"{i:x}" * 64, "time_h": t}
-                       for i, t in enumerate(times_h)],
-            "pixel_size_um": pixel_size_um, "pixel_size_source": "zeiss" if calibrated else "uncalibrated",
+            "semtrack_version": "0.1.0",
+            "created": "2026-11-25T21:00:00+00:00",
+            "inputs": [
+                {"file": f"/data/sample/sample_t{t:g}h.tif", "sha256": f"{i:x}" * 64, "time_h": t}
+                for i, t in enumerate(times_h)
+            ],
+            "pixel_size_um": pixel_size_um,
+            "pixel_size_source": "zeiss" if calibrated else "uncalibrated",
             "length_unit": "um" if calibrated else "px",
-            "config": {"registration": {"model": "similarity", "min_score": 0.5, "fail_score": 0.2},
-                       "quantify": {"confidence": 0.95}},
-            "registration": {"marker": [0, 0, 40, 30], "marker_source": "auto", "model": "similarity",
-                             "strategy": "direct"},
+            "config": {
+                "registration": {"model": "similarity", "min_score": 0.5, "fail_score": 0.2},
+                "quantify": {"confidence": 0.95},
+            },
+            "registration": {
+                "marker": [0, 0, 40, 30],
+                "marker_source": "auto",
+                "model": "similarity",
+                "strategy": "direct",
+            },
             "warnings": ["frame 2: marker score 0.30 below 0.5"] if poor_frames else [],
             "preview_downsample": preview_downsample,
         },
@@ -200,10 +293,14 @@ def _event_counts_by_hand(events: pd.DataFrame, times_h) -> pd.DataFrame:
     for i in range(1, len(times_h)):
         sub = events[events["frame_to"] == i]
         row = {"frame_from": i - 1, "frame_to": i, "time_from_h": times_h[i - 1], "time_to_h": times_h[i]}
-        row |= {f"n_{e}": int((sub["event"] == e).sum()) for e in ("formation", "coalescence", "split",
-                                                                     "dissolution")}
-        row |= {"formation_rate_per_mm2_h": 1.0, "dissolved_area_um2": 2.0, "newly_covered_area_um2": 3.0,
-                "net_area_change_um2": 1.0, "reorganisation_index": 0.8}
+        row |= {f"n_{e}": int((sub["event"] == e).sum()) for e in ("formation", "coalescence", "split", "dissolution")}
+        row |= {
+            "formation_rate_per_mm2_h": 1.0,
+            "dissolved_area_um2": 2.0,
+            "newly_covered_area_um2": 3.0,
+            "net_area_change_um2": 1.0,
+            "reorganisation_index": 0.8,
+        }
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -253,8 +350,9 @@ def test_report_is_self_contained(full_report):
 def test_figures_written_and_not_blank(full_report):
     folder, _, page = full_report
     names = sorted(p.stem for p in (folder / "figures").glob("*.png"))
-    assert names == sorted(["registration", "overlays", "phase_fractions", "glass_fraction", "islands",
-                            "events", "grain_sizes"])
+    assert names == sorted(
+        ["registration", "overlays", "phase_fractions", "glass_fraction", "islands", "events", "grain_sizes"]
+    )
     for path in (folder / "figures").glob("*.png"):
         image = imread(path)
         assert image.shape[0] > 100 and image.shape[1] > 100, path.name
@@ -310,13 +408,31 @@ def test_uncalibrated_folder_says_px(tmp_path):
 @pytest.mark.parametrize(
     "omit, expected",
     [
-        (("events.csv", "intervals.csv", "event_maps", "grains.csv", "kinetics.json"),
-         {"events": "intervals.csv and events.csv are missing", "event-maps": "No event maps",
-          "grains": "grains.csv is missing", "islands": "No kinetics fit: kinetics.json is missing"}),
+        (
+            ("events.csv", "intervals.csv", "event_maps", "grains.csv", "kinetics.json"),
+            {
+                "events": "intervals.csv and events.csv are missing",
+                "event-maps": "No event maps",
+                "grains": "grains.csv is missing",
+                "islands": "No kinetics fit: kinetics.json is missing",
+            },
+        ),
         # Only frames.csv: every other section says what it lacks.
-        (("run.json", "transforms.json", "kinetics.json", "labels", "previews", "grains.csv", "islands.csv",
-          "events.csv", "intervals.csv", "event_maps"),
-         {"summary": "run.json is missing", "overlays": "No frame can be shown", "grains": "grains.csv is missing"}),
+        (
+            (
+                "run.json",
+                "transforms.json",
+                "kinetics.json",
+                "labels",
+                "previews",
+                "grains.csv",
+                "islands.csv",
+                "events.csv",
+                "intervals.csv",
+                "event_maps",
+            ),
+            {"summary": "run.json is missing", "overlays": "No frame can be shown", "grains": "grains.csv is missing"},
+        ),
     ],
 )
 def test_missing_pieces_still_render(tmp_path, omit, expected):
@@ -335,7 +451,10 @@ def test_event_counts_fall_back_to_events_csv(tmp_path):
     folder = make_output_folder(tmp_path / "out", omit=("intervals.csv",))
     counts = _event_counts(_load_outputs(folder))
     assert counts[["n_formation", "n_coalescence", "n_split", "n_dissolution"]].to_numpy().tolist() == [
-        [1, 0, 1, 0], [2, 0, 1, 0], [3, 2, 1, 3]]
+        [1, 0, 1, 0],
+        [2, 0, 1, 0],
+        [3, 2, 1, 3],
+    ]
     render(folder)
     assert (folder / "figures" / "events.png").is_file()
 
@@ -439,8 +558,10 @@ def test_jmak_fit_read_and_evaluated(kinetics):
 @pytest.mark.parametrize(
     "kinetics, note",
     [
-        ({"k_per_h": None, "n": None, "f_max": None, "jmak_note": "not fitted: 1 frame(s) with islands"},
-         "not fitted: 1 frame(s) with islands"),
+        (
+            {"k_per_h": None, "n": None, "f_max": None, "jmak_note": "not fitted: 1 frame(s) with islands"},
+            "not fitted: 1 frame(s) with islands",
+        ),
         ({"jmak": None}, "did not converge"),
         ({}, "not in kinetics.json"),
     ],
@@ -452,9 +573,20 @@ def test_jmak_fit_absent(kinetics, note):
 
 def test_unfitted_kinetics_say_why(tmp_path):
     folder = make_output_folder(tmp_path / "out", times_h=TIMES_H[:2])
-    (folder / "kinetics.json").write_text(json.dumps(
-        {"k_per_h": None, "n": None, "f_max": None, "r2": None, "jmak_note": "not fitted: 1 frame(s) with islands",
-         "size_prefactor_um2": None, "size_exponent": None, "size_note": "not given"}))
+    (folder / "kinetics.json").write_text(
+        json.dumps(
+            {
+                "k_per_h": None,
+                "n": None,
+                "f_max": None,
+                "r2": None,
+                "jmak_note": "not fitted: 1 frame(s) with islands",
+                "size_prefactor_um2": None,
+                "size_exponent": None,
+                "size_note": "not given",
+            }
+        )
+    )
     islands = _section(render(folder).read_text(encoding="utf-8"), "islands")
     assert "No JMAK fit: not fitted: 1 frame(s) with islands." in islands
     assert "No size power-law fit: not given." in islands
@@ -465,7 +597,7 @@ def test_overlay_blends_phase_colours():
     phases = np.array([[0, 1, 2], [3, OUTSIDE, 3]], np.uint8)
     rgb = _overlay_rgb(grey, phases, alpha=0.5)
     assert rgb.shape == (2, 3, 3)
-    magenta = np.array([int(PHASE_COLOURS[3][i:i + 2], 16) / 255 for i in (1, 3, 5)])
+    magenta = np.array([int(PHASE_COLOURS[3][i : i + 2], 16) / 255 for i in (1, 3, 5)])
     np.testing.assert_allclose(rgb[1, 0], 0.5 * 0.4 + 0.5 * magenta, atol=1e-6)
     np.testing.assert_allclose(rgb[1, 0], rgb[1, 2])
     assert not np.allclose(rgb[0, 0], rgb[0, 1])

@@ -338,8 +338,7 @@ def _check_model(model: str) -> None:
 def _check_scores(min_score: float, fail_score: float) -> None:
     if not -1 <= fail_score <= min_score <= 1:
         raise ValueError(
-            f"need -1 <= fail_score <= min_score <= 1, got fail_score={fail_score}, "
-            f"min_score={min_score}."
+            f"need -1 <= fail_score <= min_score <= 1, got fail_score={fail_score}, min_score={min_score}."
         )
 
 
@@ -556,14 +555,18 @@ def _refine(
     c_inv = np.linalg.inv(c)
     # Convergence: the last step moves no marker corner by more than `tol`.
     corners = np.array(
-        [[tmpl.x.min(), tmpl.y.min()], [tmpl.x.max(), tmpl.y.min()],
-         [tmpl.x.min(), tmpl.y.max()], [tmpl.x.max(), tmpl.y.max()]]
+        [
+            [tmpl.x.min(), tmpl.y.min()],
+            [tmpl.x.max(), tmpl.y.min()],
+            [tmpl.x.min(), tmpl.y.max()],
+            [tmpl.x.max(), tmpl.y.max()],
+        ]
     )
     t_sd = float(np.std(tmpl.values)) or 1.0
     sample = _cubic_sampler(moving, tmpl, matrix) if cubic else lambda x, y: _bilinear(moving.image, moving.valid, x, y)
     residual = np.inf
     it = 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 - the count of iterations used is returned
         mx = matrix[0, 0] * tmpl.x + matrix[0, 1] * tmpl.y + matrix[0, 2]
         my = matrix[1, 0] * tmpl.x + matrix[1, 1] * tmpl.y + matrix[1, 2]
         vals, ok = sample(mx, my)
@@ -706,7 +709,12 @@ def _register(ref: _Reference, moving, moving_valid):
             continue
         m = _scaled(matrix, tmpl.factor)
         m, it, residual = _refine(
-            tmpl, levels[i], m, ref.model, max_iter=40 if i == ref.coarse else 20, tol=0.02 if i else 0.002,
+            tmpl,
+            levels[i],
+            m,
+            ref.model,
+            max_iter=40 if i == ref.coarse else 20,
+            tol=0.02 if i else 0.002,
             cubic=(i == 0),
         )
         total_it += it
@@ -747,8 +755,7 @@ def _judge(matrix, score, visible, min_score, fail_score):
         )
     if score < min_score:
         return False, (
-            f"poor registration: marker correlation {score:.2f} < min_score={min_score}; "
-            "check this frame's alignment"
+            f"poor registration: marker correlation {score:.2f} < min_score={min_score}; check this frame's alignment"
         )
     if visible < 0.5:
         return True, f"only {visible:.0%} of the marker is inside this frame; the estimate rests on that part"
@@ -1076,8 +1083,14 @@ def _chain_step(ref, get, i, reference, frames, marker_arg, model, min_score, fa
         raise RegistrationError("the marker is not visible in the neighbouring frame; use strategy='direct'")
     img, valid = get(i)
     step = register_frame(
-        prev_img, img, marker=prev_marker, model=model, reference_valid=prev_valid,
-        moving_valid=valid, min_score=-1, fail_score=-1,
+        prev_img,
+        img,
+        marker=prev_marker,
+        model=model,
+        reference_valid=prev_valid,
+        moving_valid=valid,
+        min_score=-1,
+        fail_score=-1,
     )
     matrix = _project(model, step.matrix @ prev_m)
     score, visible = _score(ref.score_sample, _pyramid(img, valid, 1)[0], matrix)

@@ -367,7 +367,9 @@ def make_series(
         touching_fraction=touching_fraction,
         pore_fraction=pore_fraction,
         n_islands=n_islands,
-        island_diameter_um=[float(v) for v in island_diameter_um] if np.ndim(island_diameter_um) == 1 else island_diameter_um,
+        island_diameter_um=[float(v) for v in island_diameter_um]
+        if np.ndim(island_diameter_um) == 1
+        else island_diameter_um,
         island_events=island_events,
         max_shift_fraction=max_shift_fraction,
         max_rotation_deg=max_rotation_deg,
@@ -393,9 +395,7 @@ def make_series(
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
     )
     bar = _info_bar_rows(H) if info_bar else 0
-    matrices = _frame_matrices(
-        n_frames, H, W, max_shift_fraction, max_rotation_deg, max_scale_change, rng_geom
-    )
+    matrices = _frame_matrices(n_frames, H, W, max_shift_fraction, max_rotation_deg, max_scale_change, rng_geom)
     # Margin: the world must cover every frame's field of view plus blur support.
     margin = _margin_px(matrices, H, W) + int(math.ceil(3 * blur_sigma_px)) + 4
     world_shape = (H + 2 * margin, W + 2 * margin)
@@ -422,9 +422,7 @@ def make_series(
     mx0, my0, mx1, my1 = marker_rect
     guard = int(math.ceil(1.5 / px))
     allowed[max(my0 - guard, 0) : my1 + guard, max(mx0 - guard, 0) : mx1 + guard] = False
-    n_groups_wanted = (
-        int(n_islands) if n_islands is not None else int(round(region.sum() * px * px / 40.0))
-    )
+    n_groups_wanted = int(n_islands) if n_islands is not None else int(round(region.sum() * px * px / 40.0))
     stories = _island_stories(
         n_groups_wanted,
         times,
@@ -508,8 +506,12 @@ def _check_params(p: dict[str, Any]) -> None:
             raise ValueError(f"`{name}` must be a positive number, got {p[name]!r}")
     if not 0.0 < p["glass_fraction"] < 0.6:
         raise ValueError(f"`glass_fraction` must be in (0, 0.6), got {p['glass_fraction']!r}")
-    for name, upper in (("touching_fraction", 1.0), ("vignetting", 0.5), ("brightness_change", 0.5),
-                        ("max_shift_fraction", 0.3)):
+    for name, upper in (
+        ("touching_fraction", 1.0),
+        ("vignetting", 0.5),
+        ("brightness_change", 0.5),
+        ("max_shift_fraction", 0.3),
+    ):
         if not 0.0 <= p[name] <= upper:
             raise ValueError(f"`{name}` must be in [0, {upper}], got {p[name]!r}")
     if not 0.0 <= p["pore_fraction"] < 0.2:
@@ -596,8 +598,7 @@ def _smooth_noise(shape, scale_px: float, rng) -> np.ndarray:
     return cv2.resize(noise, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
 
 
-def _microstructure(shape, px, *, grain_size_um, spread, glass_fraction, touching_fraction, pore_fraction,
-                    region, rng):
+def _microstructure(shape, px, *, grain_size_um, spread, glass_fraction, touching_fraction, pore_fraction, region, rng):
     """Phase map (0 pore, 1 glass, 2 NaSICON) and grain ids (seed index + 1, 0 elsewhere) of the world.
 
     Grains are cells of the power (Laguerre) diagram of a random packing of
@@ -634,8 +635,10 @@ def _microstructure(shape, px, *, grain_size_um, spread, glass_fraction, touchin
     del nearest
     # Cell boundaries, and the neighbour across them.
     other = np.zeros(shape, np.int32)
-    for a_sl, b_sl in (((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
-                       ((slice(None, -1), slice(None)), (slice(1, None), slice(None)))):
+    for a_sl, b_sl in (
+        ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
+        ((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
+    ):
         la, lb = label[a_sl], label[b_sl]
         diff = la != lb
         other[a_sl][diff] = lb[diff]
@@ -995,7 +998,9 @@ def _island_stories(n_groups, times, px, diam_um, with_events, allowed, rng) -> 
             chord = worst_pair + gap
             rho = chord / (2 * math.sin(math.pi / k))
             ang0 = rng.uniform(0, 2 * np.pi)
-            cent = [(rho * math.cos(ang0 + 2 * np.pi * j / k), rho * math.sin(ang0 + 2 * np.pi * j / k)) for j in range(k)]
+            cent = [
+                (rho * math.cos(ang0 + 2 * np.pi * j / k), rho * math.sin(ang0 + 2 * np.pi * j / k)) for j in range(k)
+            ]
             for pid, f0, g, R, shp, (cx, cy) in zip(pids, f0s, gs, Rs, shapes, cent):
                 plan[pid] = {f: [_Blob(cx, cy, max(R * g[f], floor), shp)] for f in range(f0, t_ev + 1)}
                 if f0 > 0:
@@ -1045,7 +1050,10 @@ def _island_stories(n_groups, times, px, diam_um, with_events, allowed, rng) -> 
                 events.append(dict(event="formation", frame_from=f0 - 1, before=[], after=[pid], at=(pid, f0)))
             events.append(dict(event="split", frame_from=t_ev, before=[pid], after=dids, at=(pid, t_ev)))
         reach = max(
-            math.hypot(b.x, b.y) + b.r * (1 + b.shape[0].sum()) for frames in plan.values() for bl in frames.values() for b in bl
+            math.hypot(b.x, b.y) + b.r * (1 + b.shape[0].sum())
+            for frames in plan.values()
+            for bl in frames.values()
+            for b in bl
         )
         groups_local.append((reach, plan, parents, events))
 
@@ -1069,9 +1077,7 @@ def _island_stories(n_groups, times, px, diam_um, with_events, allowed, rng) -> 
         centres = np.vstack([centres, [cx, cy, reach]])
         stories.groups.append((float(cx), float(cy), float(reach)))
         for iid, frames in plan.items():
-            stories.blobs[iid] = {
-                f: [_Blob(cx + b.x, cy + b.y, b.r, b.shape) for b in bl] for f, bl in frames.items()
-            }
+            stories.blobs[iid] = {f: [_Blob(cx + b.x, cy + b.y, b.r, b.shape) for b in bl] for f, bl in frames.items()}
         stories.parents.update(parents)
         stories.events.extend(events)
     return stories
@@ -1132,8 +1138,18 @@ def _events_table(events, islands: pd.DataFrame, times) -> pd.DataFrame:
                 area_um2=float(where["area_um2"]),
             )
         )
-    cols = ["frame_from", "frame_to", "time_from_h", "time_to_h", "event", "x_px", "y_px",
-            "islands_before", "islands_after", "area_um2"]
+    cols = [
+        "frame_from",
+        "frame_to",
+        "time_from_h",
+        "time_to_h",
+        "event",
+        "x_px",
+        "y_px",
+        "islands_before",
+        "islands_after",
+        "area_um2",
+    ]
     df = pd.DataFrame(rows, columns=cols)
     return df.sort_values(["frame_from", "event", "x_px"], ignore_index=True)
 
@@ -1150,16 +1166,37 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- imaging
 
 
-def _image_frame(signal, phase, m, margin, shape, bar, *, blur_sigma_px, vignetting, brightness_change,
-                 dose, scan_line_noise, dtype, rng):
+def _image_frame(
+    signal,
+    phase,
+    m,
+    margin,
+    shape,
+    bar,
+    *,
+    blur_sigma_px,
+    vignetting,
+    brightness_change,
+    dose,
+    scan_line_noise,
+    dtype,
+    rng,
+):
     """Image the world through frame transform ``m``: returns (image, phase map in frame pixels)."""
     H, W = shape
     to_world = np.array([[1, 0, margin], [0, 1, margin], [0, 0, 1]], float) @ np.linalg.inv(m)
     a = to_world[:2].astype(np.float64)
-    img = cv2.warpAffine(signal, a, (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                         borderMode=cv2.BORDER_REFLECT)
-    ph = cv2.warpAffine(phase, a, (W, H), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                        borderMode=cv2.BORDER_CONSTANT, borderValue=OUTSIDE)
+    img = cv2.warpAffine(
+        signal, a, (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT
+    )
+    ph = cv2.warpAffine(
+        phase,
+        a,
+        (W, H),
+        flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=OUTSIDE,
+    )
     if blur_sigma_px > 0:
         img = cv2.GaussianBlur(img, (0, 0), blur_sigma_px)
     # Detector bandwidth: a short one-sided smear along the fast scan direction.
