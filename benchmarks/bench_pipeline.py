@@ -117,6 +117,7 @@ def main(argv=None) -> pd.DataFrame:
         cases = [
             ((768, 1024), 4, None), ((1536, 2048), 4, None), ((3072, 4096), 4, None),   # frame size
             ((768, 1024), 16, None), ((768, 1024), 64, None),                         # frame count
+            ((1536, 2048), 16, None),                                                 # marginal frame cost
             ((1536, 2048), 4, 400), ((1536, 2048), 4, 1600),                          # island count (capped by space)
         ]
     rows = []
@@ -129,7 +130,34 @@ def main(argv=None) -> pd.DataFrame:
     OUT.mkdir(exist_ok=True)
     table.to_csv(OUT / "pipeline.csv", index=False)
     print(table.to_string(index=False))
+    marginal = marginal_frame_cost(table)
+    if not marginal.empty:
+        marginal.to_csv(OUT / "pipeline_marginal.csv", index=False)
+        print("\nCost of one more frame (difference between the shortest and longest series of a size):")
+        print(marginal.to_string(index=False))
     return table
+
+
+def marginal_frame_cost(table: pd.DataFrame) -> pd.DataFrame:
+    """CPU seconds and megapixels per CPU second of one more frame, per frame size.
+
+    The issue's "one frame in <= 0.8 s" is this figure: the one-off costs of a run (imports,
+    the phase model, the report's figures) are shared by all its frames.
+    """
+    rows = []
+    for shape, group in table.groupby("shape"):
+        # the first case of a size and length is the default one (island-count cases come later)
+        group = group.drop_duplicates("frames").sort_values("frames")
+        if len(group) < 2:
+            continue
+        short, long = group.iloc[0], group.iloc[-1]
+        per_frame = (long["cpu_s"] - short["cpu_s"]) / (long["frames"] - short["frames"])
+        cols, rows_px = (int(v) for v in shape.split("x"))
+        rows.append({"shape": shape, "frames": f"{short['frames']}->{long['frames']}",
+                     "cpu_s_per_extra_frame": round(per_frame, 3),
+                     "mp_per_cpu_s": round(cols * rows_px / 1e6 / per_frame, 2),
+                     "one_off_cpu_s": round(short["cpu_s"] - short["frames"] * per_frame, 2)})
+    return pd.DataFrame(rows)
 
 
 if __name__ == "__main__":
