@@ -82,6 +82,10 @@ _SCORE_SUPPORT = int(math.ceil(4 * _SCORE_SIGMAS[1])) + 2
 # Marker pixels sampled for the score (a regular grid): enough for a stable NCC, and its
 # float64 temporaries stay small.
 _MAX_SCORE_POINTS = 200_000
+# Side of the automatic marker, as a fraction of the field.
+_MARKER_SIZE_FRACTION = 0.5
+# Pixels per band of the inside test of `resample`.
+_RESAMPLE_BAND_PX = 1 << 20
 # Longer side of the level where the global (shift-only) search runs.
 _COARSE_SIDE = 320
 # Smallest marker side, in pixels of the coarse level, for the global search.
@@ -353,8 +357,9 @@ class _Level:
     raw: np.ndarray | None = None  # level 0 only: the image before smoothing (invalid pixels filled)
 
 
-def _pyramid(image: np.ndarray, valid: np.ndarray, n_levels: int) -> list[_Level]:
-    levels = []
+def _pyramid(image: np.ndarray, valid: np.ndarray, n_levels: int, first: int = 0) -> list[_Level | None]:
+    """Gaussian pyramid, level i at index i; levels below ``first`` are only passed through (None)."""
+    levels: list[_Level | None] = []
     raw = image
     if not valid.all():
         # Fill invalid pixels with the valid mean so the info bar's edge does not ring through blurs.
@@ -367,6 +372,9 @@ def _pyramid(image: np.ndarray, valid: np.ndarray, n_levels: int) -> list[_Level
             raw = cv2.pyrDown(raw)
             vmask = cv2.erode(vmask, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
             vmask = np.ascontiguousarray(vmask[::2, ::2])
+        if lvl < first:
+            levels.append(None)
+            continue
         r = _SUPPORT
         smooth = cv2.GaussianBlur(raw, (0, 0), _SIGMA, borderType=cv2.BORDER_REFLECT)
         k = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
@@ -496,9 +504,13 @@ def _prepare_template(level: _Level, mask: np.ndarray, model: str, limit: int) -
     if ys.size < 16:
         return None
     img = level.image
-    gx = cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=1, scale=0.5, borderType=cv2.BORDER_REFLECT)
-    gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=1, scale=0.5, borderType=cv2.BORDER_REFLECT)
-    mag = np.hypot(gx[ys, xs], gy[ys, xs])
+    # Gradients of the marker's bounding box only (one pixel wider: the stencil's reach), which
+    # equal those of the whole level there.
+    y0, x0 = max(int(ys.min()) - 1, 0), max(int(xs.min()) - 1, 0)
+    box = img[y0 : int(ys.max()) + 2, x0 : int(xs.max()) + 2]
+    gx = cv2.Sobel(box, cv2.CV_32F, 1, 0, ksize=1, scale=0.5, borderType=cv2.BORDER_REFLECT)
+    gy = cv2.Sobel(box, cv2.CV_32F, 0, 1, ksize=1, scale=0.5, borderType=cv2.BORDER_REFLECT)
+    mag = np.hypot(gx[ys - y0, xs - x0], gy[ys - y0, xs - x0])
     if ys.size > limit:
         # Pixels with the strongest gradient carry the position information; flat ones only noise.
         keep = np.argpartition(mag, ys.size - limit)[-limit:]
@@ -508,7 +520,7 @@ def _prepare_template(level: _Level, mask: np.ndarray, model: str, limit: int) -
     centre = np.array([xs.mean(), ys.mean()])
     x = sel_x.astype(np.float64)
     y = sel_y.astype(np.float64)
-    sd = _steepest_descent(model, gx[sel_y, sel_x], gy[sel_y, sel_x], x - centre[0], y - centre[1])
+    sd = _steepest_descent(model, gx[sel_y - y0, sel_x - x0], gy[sel_y - y0, sel_x - x0], x - centre[0], y - centre[1])
     return _Template(level.factor, centre, x, y, img[sel_y, sel_x].astype(np.float64), sd)
 
 
@@ -665,7 +677,7 @@ class _Reference:
         self.n_levels, self.coarse = _n_levels(image.shape, self.box)
         # Only the templates and the coarse level are kept: the full-resolution pyramid is the
         # largest thing registration would otherwise hold for the whole series.
-        levels = _pyramid(image, valid, self.n_levels)
+        levels = _pyramid(image, valid, self.n_levels, first=self.coarse if coarse_only else 0)
         self.templates: list[_Template | None] = [None] * self.n_levels
         for i in range(self.coarse if coarse_only else 0, self.n_levels):
             m = _level_mask(self.mask, levels[i], i)
@@ -691,7 +703,8 @@ class _Reference:
 
 
 def _register(ref: _Reference, moving, moving_valid):
-    levels = _pyramid(moving, moving_valid, ref.n_levels)
+    # The global search needs the whole frame, but only at the coarse level.
+    levels = _pyramid(moving, moving_valid, ref.n_levels, first=ref.coarse)
     coarse = levels[ref.coarse]
     min_overlap = _MIN_VISIBLE * ref.cmask.sum()
     (dx, dy), cscore = _masked_ncc(ref.ctemplate, ref.cmask, coarse.image, coarse.valid, min_overlap)
@@ -703,11 +716,18 @@ def _register(ref: _Reference, moving, moving_valid):
     matrix = _coarse_matrix(ref, dx, dy, coarse.factor)
     total_it = 0
     residual = float("nan")
+    # Frame pixels -> pixels of the part of the frame the finer levels are built from.
+    to_window = np.eye(3)
     for i in range(ref.coarse, -1, -1):
         tmpl = ref.templates[i]
         if tmpl is None:
             continue
-        m = _scaled(matrix, tmpl.factor)
+        if levels[i] is None:
+            # Once the coarse level has placed the marker, the finer levels need only the part of
+            # the frame it falls on: the full-resolution pyramid of a whole frame is the largest
+            # thing registration would otherwise allocate.
+            levels, to_window = _window_pyramid(ref, matrix, moving, moving_valid)
+        m = _scaled(to_window @ matrix, tmpl.factor)
         m, it, residual = _refine(
             tmpl,
             levels[i],
@@ -718,9 +738,34 @@ def _register(ref: _Reference, moving, moving_valid):
             cubic=(i == 0),
         )
         total_it += it
-        matrix = _scaled(m, 1.0 / tmpl.factor)
-    score, visible = _score(ref.score_sample, levels[0], matrix)
+        matrix = np.linalg.inv(to_window) @ _scaled(m, 1.0 / tmpl.factor)
+    if levels[0] is None:  # no template between the coarse level and full resolution
+        levels, to_window = _window_pyramid(ref, matrix, moving, moving_valid)
+    score, visible = _score(ref.score_sample, levels[0], to_window @ matrix)
     return matrix, float(score), float(visible), total_it, float(residual), float(cscore)
+
+
+def _window_pyramid(ref: _Reference, matrix: np.ndarray, moving: np.ndarray, moving_valid: np.ndarray):
+    """The levels below the coarse one, built from the part of the frame that holds the marker under
+    ``matrix``, and the translation from frame to window pixels.
+
+    The window leaves room for the refinement still to come (a few coarse pixels) and for the
+    eroded valid border of every level; its corner is on the coarse level's grid.
+    """
+    xs = [ref.score_sample.x] + [t.x * t.factor for t in ref.templates if t is not None]
+    ys = [ref.score_sample.y] + [t.y * t.factor for t in ref.templates if t is not None]
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    mx = matrix[0, 0] * x + matrix[0, 1] * y + matrix[0, 2]
+    my = matrix[1, 0] * x + matrix[1, 1] * y + matrix[1, 2]
+    step = 2**ref.coarse
+    margin = 4 * step + (_SUPPORT + 2) * step // 2 + _SCORE_SUPPORT + 16
+    rows, cols = moving.shape
+    x0 = int(np.clip(np.floor(mx.min()) - margin, 0, cols - 1)) // step * step
+    y0 = int(np.clip(np.floor(my.min()) - margin, 0, rows - 1)) // step * step
+    x1 = int(np.clip(np.ceil(mx.max()) + margin + 1, x0 + 1, cols))
+    y1 = int(np.clip(np.ceil(my.max()) + margin + 1, y0 + 1, rows))
+    levels = _pyramid(moving[y0:y1, x0:x1], moving_valid[y0:y1, x0:x1], max(ref.coarse, 1))
+    return levels, np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
 
 
 def _coarse_matrix(ref: _Reference, dx: int, dy: int, factor: int) -> np.ndarray:
@@ -845,7 +890,7 @@ def choose_marker(
     valid=None,
     others: Sequence[np.ndarray] | None = None,
     others_valid: Sequence[np.ndarray | None] | None = None,
-    size_fraction: float = 0.5,
+    size_fraction: float = _MARKER_SIZE_FRACTION,
 ) -> tuple[int, int, int, int]:
     """Choose a marker automatically: the most textured region that stays the same.
 
@@ -888,26 +933,38 @@ def choose_marker(
     vmask = _as_mask(valid, img.shape, "valid") & np.isfinite(img)
     if not 0 < size_fraction <= 1:
         raise ValueError(f"`size_fraction` must be in (0, 1], got {size_fraction}.")
+    others = list(others or [])
+    if others_valid is not None and len(others_valid) != len(others):
+        raise ValueError(f"`others_valid` has {len(others_valid)} entries for {len(others)} frames.")
+    pairs = []
+    for k, other in enumerate(others):
+        o = _as_image(other, f"others[{k}]")
+        ov = others_valid[k] if others_valid is not None else None
+        pairs.append((o, _as_mask(ov, o.shape, f"others_valid[{k}]")))
+    return _choose_marker(img, vmask, pairs, size_fraction)
+
+
+def _choose_marker(img, vmask, others, size_fraction):
+    """:func:`choose_marker` on checked input; ``others`` is an iterable of (image, valid) pairs,
+    used one at a time (a lazy one keeps only one other frame in memory)."""
     rows_valid = np.nonzero(vmask.any(axis=1))[0]
     cols_valid = np.nonzero(vmask.any(axis=0))[0]
     if rows_valid.size == 0:
         raise ValueError("`valid` is all False; nothing to choose a marker from.")
     n_levels, _ = _n_levels(img.shape, (0, 0, img.shape[1], img.shape[0]))
     coarse = n_levels - 1
-    levels = _pyramid(_finite(img), vmask, n_levels)
-    lvl = levels[coarse]
+    lvl = _pyramid(_finite(img), vmask, n_levels, first=coarse)[coarse]
     f = lvl.factor
     gx = cv2.Sobel(lvl.image, cv2.CV_32F, 1, 0, ksize=1, scale=0.5)
     gy = cv2.Sobel(lvl.image, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)
     texture = np.where(lvl.valid, np.hypot(gx, gy), 0)
     stability = np.ones_like(texture)
-    if others:
-        ref_full = _Reference(_finite(img), vmask, None, "similarity", coarse_only=True)
-        for k, other in enumerate(others):
-            o = _as_image(other, f"others[{k}]")
-            ov = others_valid[k] if others_valid is not None else None
-            ov = _as_mask(ov, o.shape, f"others_valid[{k}]") & np.isfinite(o)
-            stability = np.minimum(stability, _local_stability(ref_full, _finite(o), ov))
+    ref_full = None
+    for other, other_valid in others:
+        if ref_full is None:
+            ref_full = _Reference(_finite(img), vmask, None, "similarity", coarse_only=True)
+        ov = other_valid & np.isfinite(other)
+        stability = np.minimum(stability, _local_stability(ref_full, _finite(other), ov))
     tile = max(4, int(round(min(lvl.image.shape) / 24)))
     th, tw = lvl.image.shape[0] // tile, lvl.image.shape[1] // tile
     crop = (slice(0, th * tile), slice(0, tw * tile))
@@ -937,7 +994,7 @@ def choose_marker(
 def _local_stability(ref: _Reference, other: np.ndarray, other_valid: np.ndarray) -> np.ndarray:
     """Local NCC (in a window of a few coarse pixels) between the reference and the aligned other frame."""
     level_index = ref.coarse
-    lvl = _pyramid(other, other_valid, level_index + 1)[level_index]
+    lvl = _pyramid(other, other_valid, level_index + 1, first=level_index)[level_index]
     (dx, dy), _ = _masked_ncc(ref.ctemplate, ref.cmask, lvl.image, lvl.valid, _MIN_VISIBLE * ref.cmask.sum())
     matrix = _coarse_matrix(ref, dx, dy, lvl.factor)
     tmpl = ref.templates[level_index]
@@ -1032,11 +1089,7 @@ def register_series(
     ref_img, ref_valid = get(reference)
     if marker is None:
         picks = sorted({i for i in (n // 2, n - 1) if i != reference})
-        others = [get(i) for i in picks]
-        box = choose_marker(
-            ref_img, valid=ref_valid, others=[o[0] for o in others], others_valid=[o[1] for o in others]
-        )
-        del others
+        box = _choose_marker(ref_img, ref_valid, (get(i) for i in picks), _MARKER_SIZE_FRACTION)
         marker_arg, source = box, "auto"
     else:
         marker_arg, source = marker, "user"
@@ -1171,14 +1224,18 @@ def resample(image, matrix, output_shape, *, order: int = 1, fill: float = np.na
     out = cv2.warpAffine(
         src, m[:2], (cols, rows), flags=flags[order] | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
     )
-    # Exact inside test (OpenCV resolves positions to 1/32 px only).
+    # Exact inside test (OpenCV resolves positions to 1/32 px only), in bands of rows so the
+    # float64 coordinates never cost more than a fraction of the frame.
     gx = np.arange(cols, dtype=np.float64)
-    gy = np.arange(rows, dtype=np.float64)[:, None]
-    fx = m[0, 0] * gx + m[0, 1] * gy + m[0, 2]
-    fy = m[1, 0] * gx + m[1, 1] * gy + m[1, 2]
     half = 0.5 if order == 0 else 0.0
-    inside = (fx >= -half) & (fy >= -half) & (fx <= src.shape[1] - 1 + half) & (fy <= src.shape[0] - 1 + half)
-    out[~inside | np.isnan(out)] = fill
+    band = max(1, _RESAMPLE_BAND_PX // max(cols, 1))
+    for r0 in range(0, rows, band):
+        gy = np.arange(r0, min(r0 + band, rows), dtype=np.float64)[:, None]
+        fx = m[0, 0] * gx + m[0, 1] * gy + m[0, 2]
+        fy = m[1, 0] * gx + m[1, 1] * gy + m[1, 2]
+        inside = (fx >= -half) & (fy >= -half) & (fx <= src.shape[1] - 1 + half) & (fy <= src.shape[0] - 1 + half)
+        part = out[r0 : r0 + gy.shape[0]]
+        part[~inside | np.isnan(part)] = fill
     return out
 
 
