@@ -379,10 +379,13 @@ def run(
             island_maps.append(persistent)
         notify("track", i + 1, len(series))
     lineage = tracker.result()
+    # The last frame's maps and the tracker's copy of them are not needed for the tables and the
+    # report: on large frames they are the largest things left in memory.
+    del tracker, analysis, persistent
 
     frames = _frames_table(series, registration, analyses, lineage, pixel_size_um)
     grains_table = pd.concat(
-        [analyses.load(i).grains.assign(frame=i) for i in range(len(series))], ignore_index=True
+        [analyses.load_tables(i)[1].assign(frame=i) for i in range(len(series))], ignore_index=True
     )
     grains_table = grains_table[["frame"] + [c for c in grains_table.columns if c != "frame"]]
     region_area = float(region.sum()) * (pixel_size_um or 1.0) ** 2
@@ -519,21 +522,36 @@ class _Analyses:
     def __init__(self, cache: _Cache | None, keys: list[str]):
         self._cache = cache
         self._keys = keys
+        # The tables are stored apart too: building frames.csv and grains.csv then reads kilobytes
+        # per frame, not the maps.
+        self._table_keys = [_digest(f"{key}/tables") for key in keys]
         self._memory: dict[int, FrameAnalysis] = {}
 
     def store(self, index: int, analysis: FrameAnalysis) -> None:
         if self._cache is None:
             self._memory[index] = analysis
         else:
+            self._cache.put(self._table_keys[index], (analysis.fractions, analysis.grains, analysis.grain_summary))
             self._cache.put(self._keys[index], analysis)
 
     def has(self, index: int) -> bool:
-        return index in self._memory or (self._cache is not None and self._cache.has(self._keys[index]))
+        if index in self._memory:
+            return True
+        return self._cache is not None and all(
+            self._cache.has(key) for key in (self._keys[index], self._table_keys[index])
+        )
 
     def load(self, index: int) -> FrameAnalysis:
         if index in self._memory:
             return self._memory[index]
         return self._cache.get(self._keys[index])
+
+    def load_tables(self, index: int) -> tuple[dict[str, float], pd.DataFrame, dict[str, float]]:
+        """(fractions, grains, grain_summary) of frame ``index``."""
+        if index in self._memory:
+            analysis = self._memory[index]
+            return analysis.fractions, analysis.grains, analysis.grain_summary
+        return self._cache.get(self._table_keys[index])
 
 
 def _analyse_frames(series, registration, region, phase_model, config, cache, frame_key, out, workers, notify):
@@ -578,7 +596,7 @@ def _frames_table(series: Series, registration, analyses: _Analyses, lineage, pi
     islands = lineage.islands
     rows = []
     for i, info in enumerate(series.frames):
-        analysis = analyses.load(i)
+        fractions, _, grain_summary = analyses.load_tables(i)
         frame_islands = islands[islands["frame"] == i]
         areas = frame_islands["area_um2"].to_numpy(dtype=float)
         params = register.transform_parameters(registration.frames[i].matrix)
@@ -593,7 +611,7 @@ def _frames_table(series: Series, registration, analyses: _Analyses, lineage, pi
             "reg_score": registration.frames[i].score,
             "reg_ok": registration.frames[i].ok,
         }
-        row.update(analysis.fractions)
+        row.update(fractions)
         row.update(
             {
                 "n_islands": len(frame_islands),
@@ -602,7 +620,7 @@ def _frames_table(series: Series, registration, analyses: _Analyses, lineage, pi
                 "island_area_median_um2": float(np.median(areas)) if len(areas) else 0.0,
             }
         )
-        row.update(analysis.grain_summary)
+        row.update(grain_summary)
         row["pixel_size_um"] = pixel_size_um if pixel_size_um is not None else np.nan
         rows.append(row)
     return pd.DataFrame(rows)

@@ -615,19 +615,16 @@ def _read_label(path: Path) -> np.ndarray | None:
 
 
 def _read_preview(path: Path) -> np.ndarray | None:
+    """The preview as 8-bit grey (kept 8-bit until it is shrunk: a float copy of a large frame
+    would be the largest thing the report holds)."""
     if not path.is_file():
         return None
-    from matplotlib.image import imread
+    import cv2
 
-    try:
-        image = np.asarray(imread(path))
-    except (OSError, ValueError, SyntaxError) as exc:
-        logger.warning("cannot read %s: %s", path, exc)
-        return None
-    if image.ndim == 3:
-        image = image[..., :3].mean(axis=2)
-    image = image.astype(np.float32)
-    return image / 255.0 if image.max() > 1.0 else image
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        logger.warning("cannot read %s", path)
+    return image
 
 
 def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
@@ -712,7 +709,10 @@ def _overlay_section(o: _Outputs, figures: _Figures, use_log: bool) -> str:
             phases = None
         if phases is None and grey is None:
             continue
-        panels.append((frame, float(time_h), *_panel_images(phases, grey, downsample)))
+        phases, grey, px_per_panel_px = _panel_images(phases, grey, downsample)
+        if grey is not None:
+            grey = (grey / 255.0).astype(np.float32)
+        panels.append((frame, float(time_h), phases, grey, px_per_panel_px))
     if not panels:
         return _note("No frame can be shown: labels/phases_NNN.tif and previews/frame_NNN.png are missing.")
 
