@@ -1100,6 +1100,7 @@ def _pixel_features(
         return plane[where].ravel()
 
     columns = [at(z)]
+    z2 = z * z
     smoothed = []
     for s in sigmas:
         g = cv2.GaussianBlur(z, (0, 0), float(s), borderType=cv2.BORDER_REFLECT)
@@ -1112,7 +1113,7 @@ def _pixel_features(
         s2 = np.float32(s * s)
         trace_half = 0.5 * s2 * (hxx + hyy)
         root = s2 * np.sqrt(0.25 * (hxx - hyy) ** 2 + hxy**2)
-        g2 = at(cv2.GaussianBlur(z * z, (0, 0), float(s), borderType=cv2.BORDER_REFLECT))
+        g2 = at(cv2.GaussianBlur(z2, (0, 0), float(s), borderType=cv2.BORDER_REFLECT))
         columns += [
             g_at,
             np.sqrt(gx * gx + gy * gy) * np.float32(s),
@@ -1162,10 +1163,6 @@ def _upsample(grid: np.ndarray, shape: tuple[int, int], step: int) -> np.ndarray
         for k in range(grid.shape[-1])
     ]
     return np.stack(channels, axis=-1)
-
-
-#: Frames with more pixels than this locate their anchor phases on every other row and column.
-_ANCHOR_SUBSAMPLE_PX = 1_000_000
 
 
 class PixelClassifier:
@@ -1284,11 +1281,9 @@ class PixelClassifier:
         """
         if self.normalise != "anchors" or self.brightness_order_ is None:
             return None
-        # two phase levels need far fewer pixels than a large frame has: every other row and column
-        step = 2 if img.size > _ANCHOR_SUBSAMPLE_PX else 1
         try:
-            model = fit_phase_model(img[::step, ::step], valid=mask[::step, ::step],
-                                    phase_names=self.brightness_order_, brightness_order=self.brightness_order_)
+            model = fit_phase_model(img, valid=mask, phase_names=self.brightness_order_,
+                                    brightness_order=self.brightness_order_)
         except SegmentationError:
             return None
         if not model.intensity_scale > 0:
