@@ -403,5 +403,5 @@ def test_classifier_trained_on_one_frame_holds_across_a_time_series():
         inside = truth != OUTSIDE
         for code in range(4):
             error = (phases[inside] == code).mean() - (truth[inside] == code).mean()
-            # measured: <= 4.1 points with anchors; median/IQR normalisation is off by up to 22
+            # measured: <= 1.3 points with anchors; median/IQR normalisation is off by up to 22
             assert abs(error) < 0.05, (code, error)

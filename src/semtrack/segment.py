@@ -1128,7 +1128,9 @@ def _pixel_features(
     return out
 
 
-def _downscaled(img: np.ndarray, mask: np.ndarray, scribbles: np.ndarray, factor: int, noise: float, rng):
+def _downscaled(
+    img: np.ndarray, mask: np.ndarray, scribbles: np.ndarray, factor: int, noise: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A copy of a training image, its mask and scribbles at 1/``factor`` of the size, with the noise
     restored to the original level (area averaging lowers white noise by ``factor``).
 
