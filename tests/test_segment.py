@@ -263,6 +263,31 @@ def test_classifier_learns_and_round_trips(tmp_path):
     assert (again.predict(img) == pred).all()
 
 
+def test_classifier_predict_step_and_old_files(tmp_path):
+    """Classifying every second pixel changes (almost) nothing; files of an older feature set are refused."""
+    rng = np.random.default_rng(15)
+    img, truth = _blocks(rng, noise=0.03)
+    scribbles = simulate_scribbles(truth, fraction=0.02, seed=2)
+    fine = PixelClassifier(n_estimators=20, predict_step_px=1).fit(img, scribbles)
+    coarse = PixelClassifier(n_estimators=20, predict_step_px=2).fit(img, scribbles)
+    assert (fine.predict(img) == coarse.predict(img)).mean() > 0.99
+    proba = coarse.predict_proba(img)
+    assert proba.shape == (4, *img.shape) and np.allclose(proba.sum(axis=0), 1, atol=1e-4)
+    with pytest.raises(ValueError, match="train_downscale_factors"):
+        PixelClassifier(train_downscale_factors=(1,))
+    with pytest.raises(ValueError, match="predict_step_px"):
+        PixelClassifier(predict_step_px=0)
+    path = tmp_path / "old.semtrack"
+    coarse.save(path)
+    import pickle
+
+    payload = pickle.loads(path.read_bytes())
+    payload["version"] = 2
+    path.write_bytes(pickle.dumps(payload))
+    with pytest.raises(ReadError, match="version 2 is not supported.*retrain"):
+        PixelClassifier.load(path)
+
+
 def test_classifier_valid_mask_and_errors(tmp_path):
     rng = np.random.default_rng(10)
     img, truth = _blocks(rng)
@@ -332,18 +357,23 @@ def test_real_super_unsupervised(real_sem):
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_real_super_classifier(real_sem):
+    """Trained on each image's simulated scribbles (1.5 % of the pixels), applied to it and to the other six."""
     data = _load_super(real_sem)
-    name, img, truth = data[1]  # spot1_0d_0
-    scribbles = simulate_scribbles(np.where(truth, 0, 1), fraction=0.015, seed=0)
-    assert (scribbles > 0).mean() <= 0.02
-    # Population snapshots with relief shading: a stable phase mix, phases the unsupervised fit
-    # cannot locate (IoU 0.45 on lshr), so median/IQR normalisation (see PixelClassifier).
-    clf = PixelClassifier(phase_names=("island", "matrix"), n_estimators=50, normalise="iqr").fit(img, scribbles)
-    assert _iou(clf.predict(img) == 0, truth) >= 0.92
-    others = {n: _iou(clf.predict(im) == 0, t) for n, im, t in data if n != name}
-    # measured 0.849 over all six (target 0.85): lshr_15kx_3kv_0, another alloy, reaches only 0.69
-    assert np.mean(list(others.values())) >= 0.84, others
-    assert np.mean([v for n, v in others.items() if n.startswith("spot")]) >= 0.85, others
+    self_iou, cross = {}, {}
+    for name, img, truth in data:
+        scribbles = simulate_scribbles(np.where(truth, 0, 1), fraction=0.015, seed=0)
+        assert (scribbles > 0).mean() <= 0.02
+        # Population snapshots with relief shading: a stable phase mix, phases the unsupervised fit
+        # cannot locate (IoU 0.45 on lshr), so median/IQR normalisation (see PixelClassifier).
+        clf = PixelClassifier(phase_names=("island", "matrix"), n_estimators=50, normalise="iqr").fit(img, scribbles)
+        self_iou[name] = _iou(clf.predict(img) == 0, truth)
+        cross[name] = np.mean([_iou(clf.predict(im) == 0, t) for n, im, t in data if n != name])
+    for name, value in self_iou.items():
+        # lshr_15kx_3kv_0 (another alloy, strong relief shading) is the known exception: measured 0.877
+        assert value >= (0.86 if name.startswith("lshr") else 0.92), (name, value)
+    # measured 0.886 averaged over the seven training choices, 0.848 trained on spot1_0d_0
+    assert np.mean(list(cross.values())) >= 0.87, cross
+    assert cross["spot1_0d_0"] >= 0.84, cross
 
 
 def test_config_defaults_match_segment_frame():
@@ -373,5 +403,5 @@ def test_classifier_trained_on_one_frame_holds_across_a_time_series():
         inside = truth != OUTSIDE
         for code in range(4):
             error = (phases[inside] == code).mean() - (truth[inside] == code).mean()
-            # measured: <= 4.1 points with anchors; median/IQR normalisation is off by up to 22
+            # measured: <= 1.3 points with anchors; median/IQR normalisation is off by up to 22
             assert abs(error) < 0.05, (code, error)
