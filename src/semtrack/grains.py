@@ -179,8 +179,16 @@ def measure_grains(
     Notes
     -----
     Touching grains are separated by a marker-controlled watershed of the
-    Euclidean distance to the nearest non-grain pixel (glass, pores, islands
-    and the region border all bound grains). Seeds are the regional maxima of
+    Euclidean distance to the nearest non-grain pixel (glass, pores and the
+    region border bound grains). An occluding island lies on top of the
+    microstructure: under it, the phase of the nearest visible pixel is
+    assumed, so an island on a grain neither bites a false neck into it nor
+    cuts it into pieces counted apart (the grain keeps one label around the
+    island), and an island across a glass channel continues the channel.
+    Where grains fill more than 85 % of the non-island region (little glass),
+    that guess is grain almost everywhere and would join grains whose contact
+    an island covers, so there the island outline bounds grains as glass
+    does. Seeds are the regional maxima of
     the distance map; two neighbouring basins are kept apart only if the
     distance map dips between them (the neck) by more than 1.5 px and by more
     than 5 % of the smaller basin's peak (its inscribed radius). Basins are
@@ -199,12 +207,15 @@ def measure_grains(
     grain cells, so cuts follow brightness steps and grooves, and two
     neighbouring pieces merge only when the shape rule allows it and their
     mean brightness differs by less than 1.6 times the robust spread of cells
-    around their piece's mean. Where the grain phase fills more than 85 % of
-    the non-island region (little glass), necks of the grain mask are real
-    contacts: the pieces are further cut along the distance-map basins, and
-    pieces under 40 coarse cells merge by shape alone. With more glass, the
-    gradient pieces may span a neck, so false necks of a rough segmented
-    outline do not split a grain. Measured on synthetic frames (see
+    around their piece's mean. Pieces of matching brightness (the same
+    orientation contrast) merge across necks up to 1.5 times deeper than the
+    shape rule alone allows, scaled down as their contrast nears that step:
+    the false necks of a rough segmented outline, or of glass channels meeting
+    at a corner, lie inside one grain. Where the grain phase fills more than
+    85 % of the non-island region (little glass), necks of the grain mask are
+    real contacts: the pieces are further cut along the distance-map basins,
+    and pieces under 20 coarse cells merge by shape alone. With more glass,
+    the gradient pieces may span a neck. Measured on synthetic frames (see
     benchmarks/bench_grains.py), this mainly helps segmented maps; on exact
     maps, shading inside grains costs a few % of ECD.
 
@@ -303,10 +314,12 @@ def _split_grains(
     mask = grain.view(np.uint8)
     # cv2 treats pixels beyond the image edge as grain, so grains cut by the edge are not split there.
     solid = mask
-    if hidden is not None and hidden.any():
+    if hidden is not None and not keep_necks and hidden.any():
         # What lies under an occluding island: the phase of the nearest visible pixel, so an island on
-        # a grain makes no false neck and one on a glass channel continues the channel. Found on every
-        # second row and column: a guess either way, four times cheaper.
+        # a grain makes no false neck and one on a glass channel continues the channel (found on every
+        # second row and column: a guess either way, four times cheaper). Not with little glass
+        # (keep_necks): there the guess is grain everywhere and would join grains whose contact an
+        # island covers; the island's outline is the better evidence of that contact.
         solid = _fill_hidden(mask, hidden)
     dist = cv2.distanceTransform(solid, cv2.DIST_L2, cv2.DIST_MASK_5)
     dist = np.minimum(dist, float(max(grain.shape)))
@@ -324,11 +337,19 @@ def _split_grains(
             mode="edge",
         )
         coarse_shape = ((cols + pad_c) // factor, (rows + pad_r) // factor)
-        padded_mask = cv2.copyMakeBorder(mask, 0, pad_r, 0, pad_c, cv2.BORDER_CONSTANT, value=0) * np.uint8(255)
-        share = cv2.resize(padded_mask, coarse_shape, interpolation=cv2.INTER_AREA)
-        grain_c = share >= 128
+        grain_c, seen_c = (
+            cv2.resize(
+                cv2.copyMakeBorder(m, 0, pad_r, 0, pad_c, cv2.BORDER_CONSTANT, value=0) * np.uint8(255),
+                coarse_shape,
+                interpolation=cv2.INTER_AREA,
+            )
+            >= 128
+            for m in (solid, mask)
+        )
     else:
-        dist_c, grain_c = dist, grain
+        dist_c, grain_c, seen_c = dist, solid.view(bool), grain
+    # The watershed runs over grain and the grain inferred under islands (grain_c), so pieces of a
+    # grain around an island stay one grain; brightness is known where grain is seen (seen_c).
     dist_c = np.where(grain_c, dist_c, 0).astype(np.float32)
 
     if image is None:
@@ -352,28 +373,34 @@ def _split_grains(
             basins = pieces
         n_seeds = int(basins.max()) + 1
         # Intersecting with the distance basins leaves slivers whose mean brightness is unreliable.
-        brightness = (*_basin_brightness(image_c, basins, n_seeds), _MIN_PIECE_CELLS * keep_necks)
+        seen = np.where(seen_c, basins, 0)
+        brightness = (*_basin_brightness(image_c, seen, n_seeds), max(_MIN_PIECE_CELLS * keep_necks, 1))
     peak = _label_maximum(dist_c, basins, n_seeds)
     area = np.bincount(basins.ravel(), minlength=n_seeds).astype(float) * factor**2
     a, b, saddle = _saddles(basins, dist_c)
     root = _merge_basins(n_seeds, a, b, saddle, peak, area, min_area_px, brightness)
     coarse = root[basins].astype(np.float32)
     if factor == 1:
-        return _relabel(coarse.astype(np.int32))
+        labels = coarse.astype(np.int32)
+        labels[~grain] = 0
+        return labels
     labels = cv2.resize(coarse, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
     labels = labels[: grain.shape[0], : grain.shape[1]].astype(np.int32)
     labels[~grain] = 0
     _fill_from_neighbours(labels, grain, factor)
-    return _respect_components(labels, grain)
+    return _respect_components(labels, grain, solid.view(bool))
 
 
 def _fill_hidden(mask: np.ndarray, hidden: np.ndarray) -> np.ndarray:
     """`mask` (uint8 0/1) with hidden pixels set to the value of the nearest visible pixel, on a 2x grid."""
-    visible = np.logical_not(hidden[::2, ::2]).view(np.uint8)
-    if not visible.any():
+    sub = np.ascontiguousarray(hidden[::2, ::2])
+    seen = ~sub
+    if not seen.any():
         return mask
-    _, nearest = cv2.distanceTransformWithLabels(visible, cv2.DIST_L2, cv2.DIST_MASK_5, labelType=cv2.DIST_LABEL_PIXEL)
-    seen = visible.view(bool)
+    # Zero pixels of the source (the visible ones) are the sites; each gets its own label.
+    _, nearest = cv2.distanceTransformWithLabels(
+        sub.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5, labelType=cv2.DIST_LABEL_PIXEL
+    )
     value = np.zeros(int(nearest.max()) + 1, np.uint8)
     value[nearest[seen]] = mask[::2, ::2][seen]
     guess = value[nearest]
@@ -457,8 +484,11 @@ def _coarse_factor(grain: np.ndarray) -> int:
     return int(np.clip(chord // _COARSE_CHORD_PX, 1, _MAX_COARSE))
 
 
-def _respect_components(labels: np.ndarray, grain: np.ndarray) -> np.ndarray:
+def _respect_components(labels: np.ndarray, grain: np.ndarray, connected: np.ndarray | None = None) -> np.ndarray:
     """Make every label lie in one connected component of the grain phase (in place).
+
+    Components are those of `connected` (default `grain`): grain plus the grain inferred under
+    islands, so that the visible pieces of one grain around an island may keep one label.
 
     A coarse block can carry a label across a glass film thinner than the
     block. Each label keeps its largest piece; other pieces (and unlabelled
@@ -466,7 +496,8 @@ def _respect_components(labels: np.ndarray, grain: np.ndarray) -> np.ndarray:
     become grains of their own when their component holds no other label.
     Labels are not made consecutive.
     """
-    n_cc, cc = cv2.connectedComponents(grain.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    connected = grain if connected is None else connected
+    n_cc, cc = cv2.connectedComponents(connected.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
     n_labels = int(labels.max()) + 1
     # A component of each label (any pixel's); most labels lie in one component only.
     home = np.zeros(n_labels, np.int32)
@@ -601,15 +632,6 @@ def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None) -> 
         if np.array_equal(up, root):
             return root
         root = up
-
-
-def _relabel(labels: np.ndarray) -> np.ndarray:
-    """Consecutive labels 1..n keeping the order of the label values; 0 stays 0."""
-    present = np.bincount(labels.ravel()) > 0
-    present[0] = False
-    lut = np.cumsum(present).astype(np.int32)
-    lut[0] = 0
-    return lut[labels]
 
 
 def _drop_small(labels: np.ndarray, min_area_px: float) -> np.ndarray:
