@@ -70,10 +70,13 @@ def test_table_columns_and_dtypes():
     assert table["touches_border"].dtype == bool and table["occluded"].dtype == bool
 
 
+@pytest.mark.parametrize("corner", [False, True])
 @pytest.mark.parametrize(("height", "width"), [(20, 40), (12, 60), (30, 30)])
-def test_rectangle_shape_measures(height, width):
+def test_rectangle_shape_measures(height, width, corner):
+    # In the corner, the image edge bounds the grain as glass would (for shape; it is flagged).
     phases = _canvas()
-    phases[30 : 30 + height, 40 : 40 + width] = GRAIN
+    top, left = (0, 0) if corner else (30, 40)
+    phases[top : top + height, left : left + width] = GRAIN
     labels, table = measure_grains(phases, pixel_size_um=0.5)
     assert len(table) == 1
     row = table.iloc[0]
@@ -82,14 +85,14 @@ def test_rectangle_shape_measures(height, width):
     assert row.feret_min_um == pytest.approx(min(height, width) * 0.5, rel=1e-6)
     assert row.feret_max_um == pytest.approx(math.hypot(height, width) * 0.5, rel=1e-6)
     assert row.aspect_ratio == pytest.approx(math.hypot(height, width) / min(height, width), rel=1e-6)
-    assert row.x_px == pytest.approx(40 + (width - 1) / 2)
-    assert row.y_px == pytest.approx(30 + (height - 1) / 2)
+    assert row.x_px == pytest.approx(left + (width - 1) / 2)
+    assert row.y_px == pytest.approx(top + (height - 1) / 2)
     # Crofton count: 2 crossings on each of h rows, w columns and h + w - 1 lines per diagonal.
     crossings = 2 * height + 2 * width + 2 * 2 * (height + width - 1) / math.sqrt(2)
     assert row.perimeter_um == pytest.approx(math.pi / 8 * crossings * 0.5)
     # ... which is within 6 % of the true perimeter.
     assert row.perimeter_um == pytest.approx(2 * (height + width) * 0.5, rel=0.065)
-    assert not row.touches_border
+    assert row.touches_border == corner
 
 
 def test_disc_perimeter_and_ecd():
@@ -189,6 +192,30 @@ def test_island_pixels_are_not_grain_and_flag_the_grain():
     by_x = table.sort_values("x_px")
     assert by_x["area_um2"].tolist() == [1600.0 - 100.0, 400.0]
     assert by_x["occluded"].tolist() == [True, False]
+
+
+def test_island_on_a_grain_neither_splits_it_nor_makes_pieces():
+    # A big grain with an island on its middle: the visible ring is one grain, not four around a hole.
+    phases = _canvas(200, 260)
+    phases[30:170, 40:200] = GRAIN
+    _disc(phases, 100, 120, 30, ISLAND)
+    labels, table = measure_grains(phases, pixel_size_um=1.0)
+    assert len(table) == 1
+    assert table["area_um2"].iloc[0] == np.count_nonzero(phases == GRAIN)
+    assert table["occluded"].tolist() == [True]
+
+
+def test_island_across_a_glass_channel_keeps_the_grains_apart():
+    phases = _canvas(200, 260)
+    phases[40:160, 30:125] = GRAIN
+    phases[40:160, 131:226] = GRAIN  # a 6 px glass channel between two grains
+    _disc(phases, 100, 128, 25, ISLAND)  # covering part of the channel
+    labels, table = measure_grains(phases, pixel_size_um=1.0)
+    assert len(table) == 2
+    assert labels[100, 60] != labels[100, 200]
+    assert sorted(table["area_um2"]) == sorted(
+        [np.count_nonzero(phases[:, :128] == GRAIN), np.count_nonzero(phases[:, 128:] == GRAIN)]
+    )
 
 
 def test_summary_can_exclude_occluded_grains():
