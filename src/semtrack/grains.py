@@ -65,15 +65,25 @@ _MAX_COARSE = 6
 #: lies inside one grain of one orientation contrast. Pieces smaller than
 #: _MIN_PIECE_CELLS coarse cells merge by shape alone when necks are kept, which
 #: happens where grains fill more than 1 - _KEEP_NECKS_BELOW of the non-island
-#: region. Tuned on bench_grains.py frames (glass 5-35 %, 3 seeds): the merge
-#: across matching brightness takes the count at 20-35 % glass from +1..+4 % to
-#: -1..-8 % and the median ECD from -3..-7 % to -1..-5 %; 40 cells under-split
-#: 5 % glass (count -17 %), 10 cells over-split 10 % glass (median -9 %).
+#: region. Tuned on bench_grains.py frames (glass 5-35 %, 3 seeds, segmented):
+#: 40 cells under-split 5 % glass (count -17 %), 10 cells over-split 10 % glass
+#: (median ECD -9 %); bridging 1.0 or 2.0 instead of 0.5 under-splits 5 % glass
+#: (count -19..-21 %), 0 over-splits 10 % glass (ECD -6..-8 %).
 _FLAT_QUANTILE = 0.3
 _BRIGHTNESS_STEP = 1.6
 _SAME_BRIGHTNESS_DEPTH = 0.5
 _MIN_PIECE_CELLS = 20
 _KEEP_NECKS_BELOW = 0.15
+#: Glass is scarce where the grain phase fills more than 1 - _SCARCE_BELOW of the
+#: non-island region: brightness is then the main evidence between touching
+#: grains. Elsewhere the shape evidence is good and brightness, blurred by
+#: shading, keeps pieces apart only beyond _PLENTIFUL_STEP times the step, with
+#: no bridging of necks. Measured on bench_grains.py frames (segmented, 3 seeds):
+#: at 20-35 % glass the full image rule under-splits (count -7..-12 %), shape
+#: alone meets the targets, and this strong-step rule meets them too (count
+#: -3..+2 %) while still splitting touching grains of clearly different brightness.
+_SCARCE_BELOW = 0.10
+_PLENTIFUL_STEP = 4.0
 
 
 def astm_g_from_na(n_per_mm2: float) -> float:
@@ -202,22 +212,24 @@ def measure_grains(
     grain on a phase map, and the cut between touching grains follows the
     neck, not necessarily the true facet.
 
-    With `image`, the basins are those of a watershed of the image's gradient
-    magnitude (block means on the coarse grid) seeded in the flattest 30 % of
-    grain cells, so cuts follow brightness steps and grooves, and two
-    neighbouring pieces merge only when the shape rule allows it and their
-    mean brightness differs by less than 1.6 times the robust spread of cells
-    around their piece's mean. Pieces of matching brightness (the same
-    orientation contrast) merge across necks up to 1.5 times deeper than the
-    shape rule alone allows, scaled down as their contrast nears that step:
-    the false necks of a rough segmented outline, or of glass channels meeting
-    at a corner, lie inside one grain. Where the grain phase fills more than
-    85 % of the non-island region (little glass), necks of the grain mask are
-    real contacts: the pieces are further cut along the distance-map basins,
-    and pieces under 20 coarse cells merge by shape alone. With more glass,
-    the gradient pieces may span a neck. Measured on synthetic frames (see
-    benchmarks/bench_grains.py), this mainly helps segmented maps; on exact
-    maps, shading inside grains costs a few % of ECD.
+    With `image`, the distance basins are further cut along the basins of a
+    watershed of the image's gradient magnitude (block means on the coarse
+    grid, seeded in the flattest 30 % of grain cells), so cuts can follow
+    brightness steps and grooves, and two neighbouring pieces merge only when
+    the shape rule allows it and their mean brightness differs by less than
+    1.6 times the robust spread of cells around their piece's mean. Where the
+    grain phase fills more than 90 % of the non-island region (glass too
+    scarce to separate grains), pieces of matching brightness (the same
+    orientation contrast) also merge across necks up to 1.5 times deeper than
+    the shape rule alone allows, scaled down as their contrast nears that
+    step: the false necks of a rough segmented outline lie inside one grain.
+    With more glass, where the shape evidence is good and brightness is
+    blurred by shading, only steps 4 times larger keep pieces apart, and
+    brightness bridges no neck. Where grains fill more than 85 %, pieces
+    under 20 coarse cells (slivers) merge by shape alone. Measured on
+    synthetic frames (see benchmarks/bench_grains.py), the image mainly helps
+    at 5 % glass, where it takes the count error from -12..-23 % to
+    -5..-15 %.
 
     The watershed runs on a grid coarsened so that a mean chord of the grain
     phase spans about 10 cells (it costs ~1 µs per cell); the full-resolution
@@ -270,11 +282,13 @@ def measure_grains(
     min_area_px = min_grain_area_um2 / scale**2
 
     if split_touching:
-        # A nearly space-filling grain phase (little glass) has few false necks: keep them as cuts.
+        # How much of the non-island region the grains fill decides which evidence to trust.
         space = np.count_nonzero(region & (phases != occluder_code)) if occluder_code is not None else region.sum()
-        keep_necks = np.count_nonzero(grain) >= (1.0 - _KEEP_NECKS_BELOW) * space
+        filled = np.count_nonzero(grain)
+        keep_necks = filled >= (1.0 - _KEEP_NECKS_BELOW) * space
+        scarce = filled >= (1.0 - _SCARCE_BELOW) * space
         hidden = region & (phases == occluder_code) if occluder_code is not None else None
-        labels = _split_grains(grain, min_area_px, image, keep_necks, hidden)
+        labels = _split_grains(grain, min_area_px, image, keep_necks, hidden, scarce)
     else:
         labels = cv2.connectedComponents(grain.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)[1]
     labels = _drop_small(labels, min_area_px)
@@ -299,6 +313,7 @@ def _split_grains(
     image: np.ndarray | None = None,
     keep_necks: bool = True,
     hidden: np.ndarray | None = None,
+    scarce: bool = True,
 ) -> np.ndarray:
     """Watershed of the distance map from regional-maximum seeds, shallow dips merged.
 
@@ -307,9 +322,11 @@ def _split_grains(
     sampled at block centres, so glass films thinner than a coarse pixel still
     show as deep dips. Full-resolution labels are the coarse ones, with the
     grain mask, its connected components and nearest-label filling restoring
-    the exact outline. With `image`, the basins are those of the image gradient
-    (cut along the distance basins when `keep_necks`), and merging also needs
-    matching brightness (`_merge_basins`).
+    the exact outline. With `image`, the distance basins are cut further along
+    the basins of the image gradient, and merging also weighs brightness: as
+    the main evidence where glass is `scarce`, only strong steps otherwise
+    (`_merge_basins`). `keep_necks` (little glass): small pieces merge by shape
+    alone and islands bound grains.
     """
     mask = grain.view(np.uint8)
     # cv2 treats pixels beyond the image edge as grain, so grains cut by the edge are not split there.
@@ -352,29 +369,29 @@ def _split_grains(
     # grain around an island stay one grain; brightness is known where grain is seen (seen_c).
     dist_c = np.where(grain_c, dist_c, 0).astype(np.float32)
 
-    if image is None:
-        peaks = (dist_c == cv2.dilate(dist_c, np.ones((3, 3), np.uint8))) & grain_c
-        n_seeds, seeds = cv2.connectedComponents(peaks.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-        basins = watershed(-dist_c, seeds, mask=grain_c)
-        brightness = None
-    else:
-        # Gradient basins may span a neck of the grain mask: a segmentation's rough outline makes
-        # false necks. With little glass, necks are real contacts and also cut (keep_necks).
+    peaks = (dist_c == cv2.dilate(dist_c, np.ones((3, 3), np.uint8))) & grain_c
+    n_seeds, seeds = cv2.connectedComponents(peaks.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    basins = watershed(-dist_c, seeds, mask=grain_c)
+    brightness = None
+    if image is not None:
+        # Distance basins are cut further along brightness steps (gradient basins); the pieces merge
+        # back where the shape rule allows it and their brightness matches.
         image_c = _coarse_image(image, factor)
         pieces, n_pieces = _gradient_basins(image_c, grain_c)
-        if keep_necks:
-            peaks = (dist_c == cv2.dilate(dist_c, np.ones((3, 3), np.uint8))) & grain_c
-            n_seeds, seeds = cv2.connectedComponents(peaks.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-            dbas = watershed(-dist_c, seeds, mask=grain_c)
-            key = np.where(grain_c, dbas.astype(np.int64) * (n_pieces + 1) + pieces, 0)
-            _, inverse = np.unique(key, return_inverse=True)
-            basins = inverse.reshape(key.shape).astype(np.int32)
-        else:
-            basins = pieces
+        key = np.where(grain_c, basins.astype(np.int64) * (n_pieces + 1) + pieces, 0)
+        _, inverse = np.unique(key, return_inverse=True)
+        basins = inverse.reshape(key.shape).astype(np.int32)
         n_seeds = int(basins.max()) + 1
-        # Intersecting with the distance basins leaves slivers whose mean brightness is unreliable.
-        seen = np.where(seen_c, basins, 0)
-        brightness = (*_basin_brightness(image_c, seen, n_seeds), max(_MIN_PIECE_CELLS * keep_necks, 1))
+        total, cells, spread = _basin_brightness(image_c, np.where(seen_c, basins, 0), n_seeds)
+        # Where glass is plentiful the shape evidence is good: only strong brightness steps keep
+        # pieces apart, and matching brightness does not bridge necks.
+        brightness = (
+            total,
+            cells,
+            spread * (1.0 if scarce else _PLENTIFUL_STEP),
+            max(_MIN_PIECE_CELLS * keep_necks, 1),  # intersecting leaves slivers of unreliable brightness
+            _SAME_BRIGHTNESS_DEPTH * scarce,
+        )
     peak = _label_maximum(dist_c, basins, n_seeds)
     area = np.bincount(basins.ravel(), minlength=n_seeds).astype(float) * factor**2
     a, b, saddle = _saddles(basins, dist_c)
@@ -555,17 +572,18 @@ def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None) -> 
     """Union basins whose dip is too shallow to be a grain boundary, shallowest first.
 
     With `brightness` (per-basin brightness sums and cell counts, the spread
-    of brightness inside basins, and the piece size below which brightness is
-    ignored), basins of different brightness are not merged, and basins of
-    matching brightness merge across necks up to 1 + _SAME_BRIGHTNESS_DEPTH
-    times deeper. Returns the final root of every basin label (0 stays 0).
+    of brightness inside basins, the piece size below which brightness is
+    ignored, and the bridging factor), basins whose brightness differs by more
+    than _BRIGHTNESS_STEP spreads are not merged, and basins of matching
+    brightness merge across necks up to 1 + bridging times deeper. Returns the
+    final root of every basin label (0 stays 0).
     """
     # Plain Python lists and floats: this loop runs ~10^4 times per frame, numpy scalars are slow here.
     parent = list(range(n))
     peak = peak.tolist()
     area = area.tolist()
     if brightness is not None:
-        total, cells, spread, min_cells = brightness
+        total, cells, spread, min_cells, bridge = brightness
         total, cells = total.tolist(), cells.tolist()
         inv_step = 1.0 / (_BRIGHTNESS_STEP * spread)
     neighbours: list[dict[int, float]] = [{} for _ in range(n)]
@@ -588,7 +606,7 @@ def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None) -> 
         contrast = abs(total[i] / cells[i] - total[j] / cells[j]) * inv_step
         if contrast >= 1.0:
             return 1.0 - contrast
-        return min(threshold * (1.0 + _SAME_BRIGHTNESS_DEPTH * (1.0 - contrast)) - depth, 1.0 - contrast)
+        return min(threshold * (1.0 + bridge * (1.0 - contrast)) - depth, 1.0 - contrast)
 
     heap = [(-urgency(i, j, s), i, j) for i, j, s in pairs]
     heapq.heapify(heap)
