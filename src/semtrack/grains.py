@@ -521,8 +521,10 @@ def _respect_components(labels: np.ndarray, grain: np.ndarray, connected: np.nda
     home[labels.ravel()] = cc.ravel()
     home[0] = -1
     size = np.bincount(labels.ravel(), minlength=n_labels)
+    stray = np.not_equal(cc, home[labels])
+    stray &= grain
     split = np.zeros(n_labels, bool)
-    split[labels[np.not_equal(cc, home[labels]) & grain]] = True
+    split[labels[stray]] = True
     split[0] = False
     if split.any():
         # Labels over several components: pixel counts per (label, component), the largest piece is home.
@@ -534,14 +536,13 @@ def _respect_components(labels: np.ndarray, grain: np.ndarray, connected: np.nda
         last = np.r_[pairs[1:] // n_cc != pairs[:-1] // n_cc, True]
         home[pairs[last] // n_cc] = pairs[last] % n_cc
         size[pairs[last] // n_cc] = count[last]
+        stray[on] = cc[on] != home[labels[on]]  # only these pixels' home changed
     # In each component, the label at home there with the most pixels receives the strays.
     receiver = n_labels + np.arange(n_cc, dtype=np.int32)  # a new grain where no label is at home
     ids = np.arange(1, n_labels)
     order = np.lexsort((-ids, size[1:], home[1:]))  # ties: the lowest label
     best = np.r_[home[1:][order][1:] != home[1:][order][:-1], True]
     receiver[home[1:][order][best]] = ids[order][best]
-    stray = np.not_equal(cc, home[labels])
-    stray &= grain
     labels[stray] = receiver[cc[stray]]
     return labels
 
