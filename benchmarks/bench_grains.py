@@ -11,12 +11,15 @@ Also: coverage of the 95 % phase-fraction intervals of 150 random 384 x 384
 px sub-windows of the true map, against the whole frame's fraction.
 
 Targets (issue 4): ECD mean and median within 5 %, grain count within 10 %;
-segmentation + grain analysis <= 1 s per 2048 x 1536 frame on one core.
+segmentation + grain analysis <= 1 s per 2048 x 1536 frame on one core; grain
+analysis alone (measure_grains + grain_summary, with the image) <= 0.3 s CPU.
+Peak memory of the grain analysis (tracemalloc: numpy and OpenCV arrays) is
+reported in bytes per frame pixel (issue 8 memory budget).
 
-Usage::
+Usage (one core: OpenCV is set to one thread here, BLAS/OpenMP by the environment)::
 
-    python benchmarks/bench_grains.py            # 2048 x 1536, glass 5-35 %, 2 seeds
-    python benchmarks/bench_grains.py --quick    # 768 x 1024, fewer cases
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/bench_grains.py   # 2048 x 1536, 3 seeds
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/bench_grains.py --quick   # 768 x 1024
 
 Writes ``benchmarks/out/grains.csv``.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import tracemalloc
 from pathlib import Path
 
 import cv2
@@ -38,9 +42,6 @@ from semtrack.quantify import phase_fractions
 from semtrack.synth import interior_grain_ecd_um, make_series
 
 OUT = Path(__file__).resolve().parent / "out"
-
-
-
 
 
 def best_time(func, repeats: int) -> tuple[float, object]:
@@ -81,6 +82,17 @@ def analyse_grains(phases, px, image=None):
     return grain_summary(table, phases, pixel_size_um=px, labels=labels)
 
 
+def peak_memory_bytes(func) -> int:
+    """Peak of traced allocations (numpy and OpenCV arrays) while `func` runs, above what was held before."""
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        func()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
 def run_case(shape, glass_fraction, seed, repeats, segment):
     # One frame at 24 h: a few young Na3PO4 islands lie on some grains.
     s = make_series(shape=shape, n_frames=1, glass_fraction=glass_fraction, seed=seed)
@@ -109,15 +121,12 @@ def run_case(shape, glass_fraction, seed, repeats, segment):
     for (source, (phases, t_seg)), image in (
         (item, image) for item in sources.items() for image in (None, s.images[0])
     ):
-        t_grains, (labels, table) = best_time(
-            lambda: measure_grains(phases, pixel_size_um=px, image=image), repeats
-        )
-        t_summary, summary = best_time(
-            lambda: grain_summary(table, phases, pixel_size_um=px, labels=labels), repeats
-        )
+        t_grains, (labels, table) = best_time(lambda: measure_grains(phases, pixel_size_um=px, image=image), repeats)
+        t_summary, summary = best_time(lambda: grain_summary(table, phases, pixel_size_um=px, labels=labels), repeats)
         t_quant, fractions = best_time(lambda: phase_fractions(phases, pixel_size_um=px), repeats)
         # CPU time of this process: less disturbed than wall time on a shared machine.
         cpu_grains = best_cpu_time(lambda: analyse_grains(phases, px, image), repeats)
+        peak = peak_memory_bytes(lambda: analyse_grains(phases, px, image))
         first = source == "true_phases" and image is None
         coverage = window_coverage(phases, px, seed=seed) if first else {}
         rows.append(
@@ -143,6 +152,8 @@ def run_case(shape, glass_fraction, seed, repeats, segment):
                 "s_grains": t_grains + t_summary,
                 "s_quantify": t_quant,
                 "cpu_s_grains": cpu_grains,
+                "peak_mb_grains": peak / 1e6,
+                "peak_bytes_per_px_grains": peak / phases.size,
                 **coverage,
             }
         )
@@ -153,7 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="768 x 1024 frames, fewer cases")
     parser.add_argument("--no-segment", action="store_true", help="only the true phase maps")
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2, help="timing repeats (best of)")
     args = parser.parse_args()
     cv2.setNumThreads(1)  # the target is per core
@@ -174,10 +185,27 @@ def main() -> None:
     table = pd.DataFrame(rows)
     OUT.mkdir(parents=True, exist_ok=True)
     table.to_csv(OUT / "grains.csv", index=False)
-    cols = ["shape", "glass_fraction", "seed", "source", "split", "count_true", "count", "count_err_pct",
-            "ecd_mean_err_pct", "ecd_median_err_pct", "glass_fraction_err_pts", "glass_fraction_ci_half_pts",
-            "s_segment", "s_grains", "cpu_s_grains", "s_quantify",
-            "coverage_frac_glass", "coverage_glass_fraction"]
+    cols = [
+        "shape",
+        "glass_fraction",
+        "seed",
+        "source",
+        "split",
+        "count_true",
+        "count",
+        "count_err_pct",
+        "ecd_mean_err_pct",
+        "ecd_median_err_pct",
+        "glass_fraction_err_pts",
+        "glass_fraction_ci_half_pts",
+        "s_segment",
+        "s_grains",
+        "cpu_s_grains",
+        "peak_bytes_per_px_grains",
+        "s_quantify",
+        "coverage_frac_glass",
+        "coverage_glass_fraction",
+    ]
     print()
     print(table[cols].round(2).to_string(index=False))
     ok = (
@@ -186,7 +214,8 @@ def main() -> None:
         & table["ecd_median_err_pct"].abs().le(5)
     )
     print()
-    print(table.assign(meets_targets=ok).groupby(["source", "split", "glass_fraction"])["meets_targets"].mean().to_string())
+    by_case = table.assign(meets_targets=ok).groupby(["source", "split", "glass_fraction"])["meets_targets"]
+    print(by_case.mean().to_string())
     print(f"\nwrote {OUT / 'grains.csv'}")
 
 

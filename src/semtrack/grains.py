@@ -13,7 +13,6 @@ import math
 import cv2
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 from skimage.segmentation import watershed
 
 from .config import OUTSIDE, PHASE_CODES
@@ -59,18 +58,32 @@ _MAX_COARSE = 6
 #: With an image: watershed seeds are the grain cells whose gradient is in
 #: this lowest quantile (flat interiors), and neighbouring pieces stay apart
 #: when their mean brightness differs by more than _BRIGHTNESS_STEP times the
-#: robust spread of cells inside pieces (noise plus shading). Pieces smaller
-#: than _MIN_PIECE_CELLS coarse cells merge by shape alone when necks are kept,
-#: which happens where grains fill more than 1 - _KEEP_NECKS_BELOW of the
-#: non-island region.
+#: robust spread of cells inside pieces (noise plus shading); pieces of matching
+#: brightness (a fraction c of that step apart) merge across necks up to
+#: 1 + _SAME_BRIGHTNESS_DEPTH * (1 - c) times deeper than the shape rule allows:
+#: a false neck of a rough outline (or of glass channels meeting at a corner)
+#: lies inside one grain of one orientation contrast. Pieces smaller than
+#: _MIN_PIECE_CELLS coarse cells merge by shape alone when necks are kept, which
+#: happens where grains fill more than 1 - _KEEP_NECKS_BELOW of the non-island
+#: region. Tuned on bench_grains.py frames (glass 5-35 %, 3 seeds, segmented):
+#: 40 cells under-split 5 % glass (count -17 %), 10 cells over-split 10 % glass
+#: (median ECD -9 %); bridging 1.0 or 2.0 instead of 0.5 under-splits 5 % glass
+#: (count -19..-21 %), 0 over-splits 10 % glass (ECD -6..-8 %).
 _FLAT_QUANTILE = 0.3
 _BRIGHTNESS_STEP = 1.6
-_MIN_PIECE_CELLS = 40
+_SAME_BRIGHTNESS_DEPTH = 0.5
+_MIN_PIECE_CELLS = 20
 _KEEP_NECKS_BELOW = 0.15
-#: Directions of the caliper (Feret) widths, 0.5 degree apart: the minimum
-#: width is then within 0.004 % of the exact rotating-calipers value.
-_FERET_ANGLES = np.deg2rad(np.arange(0.0, 180.0, 0.5))
-_FERET_DIRECTIONS = np.stack([np.cos(_FERET_ANGLES), np.sin(_FERET_ANGLES)])
+#: Glass is scarce where the grain phase fills more than 1 - _SCARCE_BELOW of the
+#: non-island region: brightness is then the main evidence between touching
+#: grains. Elsewhere the shape evidence is good and brightness, blurred by
+#: shading, keeps pieces apart only beyond _PLENTIFUL_STEP times the step, with
+#: no bridging of necks. Measured on bench_grains.py frames (segmented, 3 seeds):
+#: at 20-35 % glass the full image rule under-splits (count -7..-12 %), shape
+#: alone meets the targets, and this strong-step rule meets them too (count
+#: -3..+2 %) while still splitting touching grains of clearly different brightness.
+_SCARCE_BELOW = 0.10
+_PLENTIFUL_STEP = 4.0
 
 
 def astm_g_from_na(n_per_mm2: float) -> float:
@@ -176,8 +189,16 @@ def measure_grains(
     Notes
     -----
     Touching grains are separated by a marker-controlled watershed of the
-    Euclidean distance to the nearest non-grain pixel (glass, pores, islands
-    and the region border all bound grains). Seeds are the regional maxima of
+    Euclidean distance to the nearest non-grain pixel (glass, pores and the
+    region border bound grains). An occluding island lies on top of the
+    microstructure: under it, the phase of the nearest visible pixel is
+    assumed, so an island on a grain neither bites a false neck into it nor
+    cuts it into pieces counted apart (the grain keeps one label around the
+    island), and an island across a glass channel continues the channel.
+    Where grains fill more than 85 % of the non-island region (little glass),
+    that guess is grain almost everywhere and would join grains whose contact
+    an island covers, so there the island outline bounds grains as glass
+    does. Seeds are the regional maxima of
     the distance map; two neighbouring basins are kept apart only if the
     distance map dips between them (the neck) by more than 1.5 px and by more
     than 5 % of the smaller basin's peak (its inscribed radius). Basins are
@@ -191,19 +212,24 @@ def measure_grains(
     grain on a phase map, and the cut between touching grains follows the
     neck, not necessarily the true facet.
 
-    With `image`, the basins are those of a watershed of the image's gradient
-    magnitude (block means on the coarse grid) seeded in the flattest 30 % of
-    grain cells, so cuts follow brightness steps and grooves, and two
-    neighbouring pieces merge only when the shape rule allows it and their
-    mean brightness differs by less than 1.6 times the robust spread of cells
-    around their piece's mean. Where the grain phase fills more than 85 % of
-    the non-island region (little glass), necks of the grain mask are real
-    contacts: the pieces are further cut along the distance-map basins, and
-    pieces under 40 coarse cells merge by shape alone. With more glass, the
-    gradient pieces may span a neck, so false necks of a rough segmented
-    outline do not split a grain. Measured on synthetic frames (see
-    benchmarks/bench_grains.py), this mainly helps segmented maps; on exact
-    maps, shading inside grains costs a few % of ECD.
+    With `image`, the distance basins are further cut along the basins of a
+    watershed of the image's gradient magnitude (block means on the coarse
+    grid, seeded in the flattest 30 % of grain cells), so cuts can follow
+    brightness steps and grooves, and two neighbouring pieces merge only when
+    the shape rule allows it and their mean brightness differs by less than
+    1.6 times the robust spread of cells around their piece's mean. Where the
+    grain phase fills more than 90 % of the non-island region (glass too
+    scarce to separate grains), pieces of matching brightness (the same
+    orientation contrast) also merge across necks up to 1.5 times deeper than
+    the shape rule alone allows, scaled down as their contrast nears that
+    step: the false necks of a rough segmented outline lie inside one grain.
+    With more glass, where the shape evidence is good and brightness is
+    blurred by shading, only steps 4 times larger keep pieces apart, and
+    brightness bridges no neck. Where grains fill more than 85 %, pieces
+    under 20 coarse cells (slivers) merge by shape alone. Measured on
+    synthetic frames (see benchmarks/bench_grains.py), the image mainly helps
+    at 5 % glass, where it takes the count error from -12..-23 % to
+    -5..-15 %.
 
     The watershed runs on a grid coarsened so that a mean chord of the grain
     phase spans about 10 cells (it costs ~1 µs per cell); the full-resolution
@@ -230,9 +256,7 @@ def measure_grains(
     if phases.ndim != 2:
         raise ValueError(f"`phases` must be a 2-D phase map (rows, cols), got shape {phases.shape}")
     if not np.issubdtype(phases.dtype, np.integer):
-        raise TypeError(
-            f"`phases` must hold integer phase codes, got dtype {phases.dtype}; use .astype(np.uint8)"
-        )
+        raise TypeError(f"`phases` must hold integer phase codes, got dtype {phases.dtype}; use .astype(np.uint8)")
     scale = _check_pixel_size(pixel_size_um)
     if not (math.isfinite(min_grain_area_um2) and min_grain_area_um2 >= 0):
         raise ValueError(f"`min_grain_area_um2` must be >= 0, got {min_grain_area_um2!r}")
@@ -258,10 +282,13 @@ def measure_grains(
     min_area_px = min_grain_area_um2 / scale**2
 
     if split_touching:
-        # A nearly space-filling grain phase (little glass) has few false necks: keep them as cuts.
+        # How much of the non-island region the grains fill decides which evidence to trust.
         space = np.count_nonzero(region & (phases != occluder_code)) if occluder_code is not None else region.sum()
-        keep_necks = np.count_nonzero(grain) >= (1.0 - _KEEP_NECKS_BELOW) * space
-        labels = _split_grains(grain, min_area_px, image, keep_necks)
+        filled = np.count_nonzero(grain)
+        keep_necks = filled >= (1.0 - _KEEP_NECKS_BELOW) * space
+        scarce = filled >= (1.0 - _SCARCE_BELOW) * space
+        hidden = region & (phases == occluder_code) if occluder_code is not None else None
+        labels = _split_grains(grain, min_area_px, image, keep_necks, hidden, scarce)
     else:
         labels = cv2.connectedComponents(grain.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)[1]
     labels = _drop_small(labels, min_area_px)
@@ -276,14 +303,17 @@ def _check_pixel_size(pixel_size_um) -> float:
         return 1.0
     number = isinstance(pixel_size_um, (int, float, np.floating)) and not isinstance(pixel_size_um, bool)
     if not (number and math.isfinite(pixel_size_um) and pixel_size_um > 0):
-        raise ValueError(
-            f"`pixel_size_um` must be a positive number or None (pixel units), got {pixel_size_um!r}"
-        )
+        raise ValueError(f"`pixel_size_um` must be a positive number or None (pixel units), got {pixel_size_um!r}")
     return float(pixel_size_um)
 
 
 def _split_grains(
-    grain: np.ndarray, min_area_px: float, image: np.ndarray | None = None, keep_necks: bool = True
+    grain: np.ndarray,
+    min_area_px: float,
+    image: np.ndarray | None = None,
+    keep_necks: bool = True,
+    hidden: np.ndarray | None = None,
+    scarce: bool = True,
 ) -> np.ndarray:
     """Watershed of the distance map from regional-maximum seeds, shallow dips merged.
 
@@ -292,13 +322,23 @@ def _split_grains(
     sampled at block centres, so glass films thinner than a coarse pixel still
     show as deep dips. Full-resolution labels are the coarse ones, with the
     grain mask, its connected components and nearest-label filling restoring
-    the exact outline. With `image`, the basins are those of the image gradient
-    (cut along the distance basins when `keep_necks`), and merging also needs
-    matching brightness (`_merge_basins`).
+    the exact outline. With `image`, the distance basins are cut further along
+    the basins of the image gradient, and merging also weighs brightness: as
+    the main evidence where glass is `scarce`, only strong steps otherwise
+    (`_merge_basins`). `keep_necks` (little glass): small pieces merge by shape
+    alone and islands bound grains.
     """
     mask = grain.view(np.uint8)
     # cv2 treats pixels beyond the image edge as grain, so grains cut by the edge are not split there.
-    dist = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_5)
+    solid = mask
+    if hidden is not None and not keep_necks and hidden.any():
+        # What lies under an occluding island: the phase of the nearest visible pixel, so an island on
+        # a grain makes no false neck and one on a glass channel continues the channel (found on every
+        # second row and column: a guess either way, four times cheaper). Not with little glass
+        # (keep_necks): there the guess is grain everywhere and would join grains whose contact an
+        # island covers; the island's outline is the better evidence of that contact.
+        solid = _fill_hidden(mask, hidden)
+    dist = cv2.distanceTransform(solid, cv2.DIST_L2, cv2.DIST_MASK_5)
     dist = np.minimum(dist, float(max(grain.shape)))
     factor = _coarse_factor(grain)
     if factor > 1:
@@ -307,53 +347,114 @@ def _split_grains(
         # Sampling block centres keeps the distance map's shape (one maximum per convex grain);
         # a glass film is at most half a block from a centre, so it still makes a deep dip.
         half = factor // 2
-        dist_c = np.pad(dist, ((0, pad_r), (0, pad_c)), mode="edge")[half::factor, half::factor]
+        dist_c = dist[half::factor, half::factor]
+        dist_c = np.pad(
+            dist_c,
+            ((0, (rows + pad_r) // factor - dist_c.shape[0]), (0, (cols + pad_c) // factor - dist_c.shape[1])),
+            mode="edge",
+        )
         coarse_shape = ((cols + pad_c) // factor, (rows + pad_r) // factor)
-        padded_mask = np.pad(mask, ((0, pad_r), (0, pad_c))) * np.uint8(255)
-        share = cv2.resize(padded_mask, coarse_shape, interpolation=cv2.INTER_AREA)
-        grain_c = share >= 128
+        grain_c, seen_c = (
+            cv2.resize(
+                cv2.copyMakeBorder(m, 0, pad_r, 0, pad_c, cv2.BORDER_CONSTANT, value=0) * np.uint8(255),
+                coarse_shape,
+                interpolation=cv2.INTER_AREA,
+            )
+            >= 128
+            for m in (solid, mask)
+        )
     else:
-        dist_c, grain_c = dist, grain
+        dist_c, grain_c, seen_c = dist, solid.view(bool), grain
+    # The watershed runs over grain and the grain inferred under islands (grain_c), so pieces of a
+    # grain around an island stay one grain; brightness is known where grain is seen (seen_c).
     dist_c = np.where(grain_c, dist_c, 0).astype(np.float32)
 
-    if image is None:
-        peaks = (dist_c == cv2.dilate(dist_c, np.ones((3, 3), np.uint8))) & grain_c
-        n_seeds, seeds = cv2.connectedComponents(peaks.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-        basins = watershed(-dist_c, seeds, mask=grain_c)
-        brightness = None
-    else:
-        # Gradient basins may span a neck of the grain mask: a segmentation's rough outline makes
-        # false necks. With little glass, necks are real contacts and also cut (keep_necks).
+    peaks = (dist_c == cv2.dilate(dist_c, np.ones((3, 3), np.uint8))) & grain_c
+    n_seeds, seeds = cv2.connectedComponents(peaks.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    basins = watershed(-dist_c, seeds, mask=grain_c)
+    brightness = None
+    if image is not None:
+        # Distance basins are cut further along brightness steps (gradient basins); the pieces merge
+        # back where the shape rule allows it and their brightness matches.
         image_c = _coarse_image(image, factor)
         pieces, n_pieces = _gradient_basins(image_c, grain_c)
-        peaks = (dist_c == cv2.dilate(dist_c, np.ones((3, 3), np.uint8))) & grain_c
-        n_seeds, seeds = cv2.connectedComponents(peaks.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-        dbas = watershed(-dist_c, seeds, mask=grain_c)
-        key = np.where(grain_c, dbas.astype(np.int64) * (n_pieces + 1) * keep_necks + pieces, 0)
+        key = np.where(grain_c, basins.astype(np.int64) * (n_pieces + 1) + pieces, 0)
         _, inverse = np.unique(key, return_inverse=True)
         basins = inverse.reshape(key.shape).astype(np.int32)
         n_seeds = int(basins.max()) + 1
-        # Intersecting with the distance basins leaves slivers whose mean brightness is unreliable.
-        brightness = (*_basin_brightness(image_c, basins, n_seeds), _MIN_PIECE_CELLS * keep_necks)
-    peak = np.zeros(n_seeds, dtype=float)
-    peak[1:] = ndimage.maximum(dist_c, basins, np.arange(1, n_seeds))
+        total, cells, spread = _basin_brightness(image_c, np.where(seen_c, basins, 0), n_seeds)
+        # Where glass is plentiful the shape evidence is good: only strong brightness steps keep
+        # pieces apart, and matching brightness does not bridge necks.
+        brightness = (
+            total,
+            cells,
+            spread * (1.0 if scarce else _PLENTIFUL_STEP),
+            max(_MIN_PIECE_CELLS * keep_necks, 1),  # intersecting leaves slivers of unreliable brightness
+            _SAME_BRIGHTNESS_DEPTH * scarce,
+        )
+    peak = _label_maximum(dist_c, basins, n_seeds)
     area = np.bincount(basins.ravel(), minlength=n_seeds).astype(float) * factor**2
     a, b, saddle = _saddles(basins, dist_c)
     root = _merge_basins(n_seeds, a, b, saddle, peak, area, min_area_px, brightness)
     coarse = root[basins].astype(np.float32)
     if factor == 1:
-        return _relabel(coarse.astype(np.int32))
+        labels = coarse.astype(np.int32)
+        labels[~grain] = 0
+        return labels
+    labels = cv2.resize(coarse, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+    labels = labels[: grain.shape[0], : grain.shape[1]].astype(np.int32)
+    labels[~grain] = 0
+    _fill_from_neighbours(labels, grain, factor)
+    return _respect_components(labels, grain, solid.view(bool))
 
-    labels = np.repeat(np.repeat(coarse, factor, axis=0), factor, axis=1)[: grain.shape[0], : grain.shape[1]]
-    labels = np.where(grain, labels, 0).astype(np.float32)
-    # Grain pixels of blocks that were mostly not grain: take a neighbouring label.
-    kernel = np.ones((3, 3), np.uint8)
-    for _ in range(factor):
-        todo = grain & (labels == 0)
-        if not todo.any():
-            break
-        labels[todo] = cv2.dilate(labels, kernel)[todo]
-    return _respect_components(labels.astype(np.int32), grain)
+
+def _fill_hidden(mask: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+    """`mask` (uint8 0/1) with hidden pixels set to the value of the nearest visible pixel, on a 2x grid."""
+    sub = np.ascontiguousarray(hidden[::2, ::2])
+    seen = ~sub
+    if not seen.any():
+        return mask
+    # Zero pixels of the source (the visible ones) are the sites; each gets its own label.
+    _, nearest = cv2.distanceTransformWithLabels(
+        sub.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5, labelType=cv2.DIST_LABEL_PIXEL
+    )
+    value = np.zeros(int(nearest.max()) + 1, np.uint8)
+    value[nearest[seen]] = mask[::2, ::2][seen]
+    guess = value[nearest]
+    guess = cv2.resize(guess, (2 * guess.shape[1], 2 * guess.shape[0]), interpolation=cv2.INTER_NEAREST)
+    return np.where(hidden, guess[: mask.shape[0], : mask.shape[1]], mask)
+
+
+def _label_maximum(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """Largest value of each label 0..n-1 (0 where a label is absent); values must be >= 0."""
+    flat = labels.ravel()
+    order = np.argsort(flat, kind="stable")  # radix sort of integers: linear time
+    sorted_labels = flat[order]
+    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+    out = np.zeros(n)
+    out[sorted_labels[starts]] = np.maximum.reduceat(values.ravel()[order], starts)
+    return out
+
+
+def _fill_from_neighbours(labels: np.ndarray, grain: np.ndarray, steps: int) -> None:
+    """Unlabelled grain pixels take the largest label among their 8 neighbours, `steps` times (in place).
+
+    Grain pixels of blocks that were mostly not grain grow in from the nearest labelled pixels; only
+    those pixels are visited, not the whole frame.
+    """
+    rows, cols = labels.shape
+    r, c = np.nonzero(grain & (labels == 0))
+    for _ in range(steps):
+        if r.size == 0:
+            return
+        best = np.zeros(r.size, labels.dtype)
+        for dr in (-1, 0, 1):
+            rr = np.clip(r + dr, 0, rows - 1)
+            for dc in (-1, 0, 1):
+                np.maximum(best, labels[rr, np.clip(c + dc, 0, cols - 1)], out=best)
+        labels[r, c] = best
+        left = best == 0
+        r, c = r[left], c[left]
 
 
 def _coarse_image(image: np.ndarray, factor: int) -> np.ndarray:
@@ -400,32 +501,50 @@ def _coarse_factor(grain: np.ndarray) -> int:
     return int(np.clip(chord // _COARSE_CHORD_PX, 1, _MAX_COARSE))
 
 
-def _respect_components(labels: np.ndarray, grain: np.ndarray) -> np.ndarray:
-    """Make every label lie in one connected component of the grain phase.
+def _respect_components(labels: np.ndarray, grain: np.ndarray, connected: np.ndarray | None = None) -> np.ndarray:
+    """Make every label lie in one connected component of the grain phase (in place).
+
+    Components are those of `connected` (default `grain`): grain plus the grain inferred under
+    islands, so that the visible pieces of one grain around an island may keep one label.
 
     A coarse block can carry a label across a glass film thinner than the
     block. Each label keeps its largest piece; other pieces (and unlabelled
-    grain pixels) join the largest piece of their own component, or become
-    grains of their own when their component holds nothing else.
+    grain pixels) join the largest label at home in their own component, or
+    become grains of their own when their component holds no other label.
+    Labels are not made consecutive.
     """
-    n_cc, cc = cv2.connectedComponents(grain.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    connected = grain if connected is None else connected
+    n_cc, cc = cv2.connectedComponents(connected.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
     n_labels = int(labels.max()) + 1
-    if n_labels * n_cc > 50_000_000:
-        # Pathological maps (tens of thousands of specks): leave the labels as they are.
-        return _relabel(labels)
-    pair = np.bincount((labels.astype(np.int64) * n_cc + cc).ravel(), minlength=n_labels * n_cc)
-    pair = pair.reshape(n_labels, n_cc)
-    pair[:, 0] = 0  # background component
-    home = np.r_[-1, pair[1:].argmax(axis=1)]  # component holding most of each label
+    # A component of each label (any pixel's); most labels lie in one component only.
+    home = np.zeros(n_labels, np.int32)
+    home[labels.ravel()] = cc.ravel()
+    home[0] = -1
+    size = np.bincount(labels.ravel(), minlength=n_labels)
+    stray = np.not_equal(cc, home[labels])
+    stray &= grain
+    split = np.zeros(n_labels, bool)
+    split[labels[stray]] = True
+    split[0] = False
+    if split.any():
+        # Labels over several components: pixel counts per (label, component), the largest piece is home.
+        on = split[labels]
+        key = labels[on].astype(np.int64) * n_cc + cc[on]
+        pairs, count = np.unique(key, return_counts=True)
+        order = np.lexsort((-(pairs % n_cc), count, pairs // n_cc))  # ties: the first component
+        pairs, count = pairs[order], count[order]
+        last = np.r_[pairs[1:] // n_cc != pairs[:-1] // n_cc, True]
+        home[pairs[last] // n_cc] = pairs[last] % n_cc
+        size[pairs[last] // n_cc] = count[last]
+        stray[on] = cc[on] != home[labels[on]]  # only these pixels' home changed
     # In each component, the label at home there with the most pixels receives the strays.
-    own = np.where(home[1:, None] == np.arange(n_cc)[None, :], pair[1:], 0)
-    receiver = own.argmax(axis=0) + 1
-    orphan = own.max(axis=0) == 0
-    receiver[orphan] = n_labels + np.arange(n_cc)[orphan]
-    stray = grain & (cc != home[labels])
-    out = labels.copy()
-    out[stray] = receiver[cc[stray]]
-    return _relabel(out)
+    receiver = n_labels + np.arange(n_cc, dtype=np.int32)  # a new grain where no label is at home
+    ids = np.arange(1, n_labels)
+    order = np.lexsort((-ids, size[1:], home[1:]))  # ties: the lowest label
+    best = np.r_[home[1:][order][1:] != home[1:][order][:-1], True]
+    receiver[home[1:][order][best]] = ids[order][best]
+    labels[stray] = receiver[cc[stray]]
+    return labels
 
 
 def _saddles(labels: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -454,48 +573,52 @@ def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None) -> 
     """Union basins whose dip is too shallow to be a grain boundary, shallowest first.
 
     With `brightness` (per-basin brightness sums and cell counts, the spread
-    of brightness inside basins, and the piece size below which brightness is
-    ignored), basins of different brightness are not merged either. Returns the final root of every basin label (0 stays 0).
+    of brightness inside basins, the piece size below which brightness is
+    ignored, and the bridging factor), basins whose brightness differs by more
+    than _BRIGHTNESS_STEP spreads are not merged, and basins of matching
+    brightness merge across necks up to 1 + bridging times deeper. Returns the
+    final root of every basin label (0 stays 0).
     """
-    parent = np.arange(n)
-    peak = peak.copy()
-    area = area.copy()
+    # Plain Python lists and floats: this loop runs ~10^4 times per frame, numpy scalars are slow here.
+    parent = list(range(n))
+    peak = peak.tolist()
+    area = area.tolist()
     if brightness is not None:
-        total, cells, spread, min_cells = brightness
-        total, cells = total.copy(), cells.copy()
-        step = _BRIGHTNESS_STEP * spread
-    neighbours: list[dict[int, float]] = [dict() for _ in range(n)]
-    for i, j, s in zip(a.tolist(), b.tolist(), saddle.tolist(), strict=True):
+        total, cells, spread, min_cells, bridge = brightness
+        total, cells = total.tolist(), cells.tolist()
+        inv_step = 1.0 / (_BRIGHTNESS_STEP * spread)
+    neighbours: list[dict[int, float]] = [{} for _ in range(n)]
+    pairs = list(zip(a.tolist(), b.tolist(), saddle.tolist(), strict=True))
+    for i, j, s in pairs:
         neighbours[i][j] = s
         neighbours[j][i] = s
 
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
     def urgency(i, j, s):
         # > 0: merge. Depth of the dip below the lower peak against the split threshold.
-        low = min(peak[i], peak[j])
+        low = peak[i] if peak[i] < peak[j] else peak[j]
+        if area[i] < min_area_px or area[j] < min_area_px:
+            return 1.0 + s / (low if low > 1e-9 else 1e-9)
+        threshold = _SPLIT_DEPTH * low
+        if threshold < _SPLIT_MIN_DEPTH_PX:
+            threshold = _SPLIT_MIN_DEPTH_PX
         depth = low - s
-        if min(area[i], area[j]) < min_area_px:
-            return 1.0 + s / max(low, 1e-9)
-        shape_rule = max(_SPLIT_MIN_DEPTH_PX, _SPLIT_DEPTH * low) - depth
-        if brightness is not None and min(cells[i], cells[j]) >= min_cells:
-            contrast = abs(total[i] / cells[i] - total[j] / cells[j])
-            shape_rule = min(shape_rule, 1.0 - contrast / step)
-        return shape_rule
+        if brightness is None or cells[i] < min_cells or cells[j] < min_cells:
+            return threshold - depth
+        contrast = abs(total[i] / cells[i] - total[j] / cells[j]) * inv_step
+        if contrast >= 1.0:
+            return 1.0 - contrast
+        return min(threshold * (1.0 + bridge * (1.0 - contrast)) - depth, 1.0 - contrast)
 
-    heap = [(-urgency(i, j, s), i, j) for i, j, s in zip(a.tolist(), b.tolist(), saddle.tolist(), strict=True)]
+    heap = [(-urgency(i, j, s), i, j) for i, j, s in pairs]
     heapq.heapify(heap)
+    pop, push = heapq.heappop, heapq.heappush
     while heap:
-        neg, i, j = heapq.heappop(heap)
+        neg, i, j = pop(heap)
         if parent[i] != i or parent[j] != j or j not in neighbours[i]:
             continue
         current = urgency(i, j, neighbours[i][j])
         if current != -neg:
-            heapq.heappush(heap, (-current, i, j))
+            push(heap, (-current, i, j))
             continue
         if current <= 0:
             break
@@ -508,36 +631,36 @@ def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None) -> 
         if brightness is not None:
             total[i] += total[j]
             cells[i] += cells[j]
-        del neighbours[i][j]
+        near_i = neighbours[i]
+        del near_i[j]
         for k, s in neighbours[j].items():
             if k == i:
                 continue
-            del neighbours[k][j]
-            merged = max(s, neighbours[i].get(k, -np.inf))
-            neighbours[i][k] = merged
-            neighbours[k][i] = merged
+            near_k = neighbours[k]
+            del near_k[j]
+            if near_i.get(k, -math.inf) < s:
+                near_i[k] = s
+                near_k[i] = s
         neighbours[j] = {}
-        for k, s in neighbours[i].items():
-            heapq.heappush(heap, (-urgency(i, k, s), i, k))
-    return np.array([find(i) for i in range(n)])
-
-
-def _relabel(labels: np.ndarray) -> np.ndarray:
-    """Consecutive labels 1..n keeping the order of the label values; 0 stays 0."""
-    present = np.bincount(labels.ravel()) > 0
-    present[0] = False
-    lut = np.cumsum(present).astype(np.int32)
-    lut[0] = 0
-    return lut[labels]
+        for k, s in near_i.items():
+            push(heap, (-urgency(i, k, s), i, k))
+    root = np.array(parent)
+    # Parents point to earlier roots only through merges: follow them until they settle.
+    while True:
+        up = root[root]
+        if np.array_equal(up, root):
+            return root
+        root = up
 
 
 def _drop_small(labels: np.ndarray, min_area_px: float) -> np.ndarray:
+    """Labels of fewer than `min_area_px` pixels become 0; the rest are renumbered 1..n in order."""
     area = np.bincount(labels.ravel())
-    small = area < min_area_px
-    small[0] = False
-    if small.any():
-        labels = np.where(small[labels], 0, labels)
-    return _relabel(labels)
+    keep = area >= min_area_px
+    keep[0] = False
+    lut = np.cumsum(keep).astype(np.int32)
+    lut[~keep] = 0
+    return lut[labels]
 
 
 def _labels_in(labels: np.ndarray, where: np.ndarray, n: int) -> np.ndarray:
@@ -550,12 +673,10 @@ def _grain_table(labels, region, occluder, scale) -> pd.DataFrame:
     ids = np.arange(1, n + 1)
     flat = labels.ravel()
     area = np.bincount(flat, minlength=n + 1)[1:].astype(float)
-    # Centroids from per-row and per-column label histograms (no full-size coordinate arrays).
-    rows_hist = _label_histogram(labels, n)
-    cols_hist = _label_histogram(labels.T, n)
+    y_sum, x_sum = _coordinate_sums(labels, n)
     with np.errstate(invalid="ignore", divide="ignore"):
-        y = (rows_hist @ np.arange(labels.shape[0], dtype=float))[1:] / area
-        x = (cols_hist @ np.arange(labels.shape[1], dtype=float))[1:] / area
+        y = y_sum[1:] / area
+        x = x_sum[1:] / area
 
     # Grains within one pixel (8-neighbourhood) of the region border or the image edge.
     outside = np.pad(~region, 1, constant_values=True).view(np.uint8)
@@ -587,11 +708,22 @@ def _grain_table(labels, region, occluder, scale) -> pd.DataFrame:
     )
 
 
-def _label_histogram(labels: np.ndarray, n: int) -> np.ndarray:
-    """``(n + 1, rows)`` counts of each label in each row."""
-    rows = labels.shape[0]
-    key = labels.astype(np.int64) * rows + np.arange(rows)[:, None]
-    return np.bincount(key.ravel(), minlength=(n + 1) * rows).reshape(n + 1, rows).astype(float)
+def _coordinate_sums(labels: np.ndarray, n: int, chunk_rows: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Sums of the row and of the column index of each label's pixels, 0..n.
+
+    Weighted bincounts over bands of rows, so the coordinate weights are never a full-size array.
+    """
+    rows, cols = labels.shape
+    y_sum = np.zeros(n + 1)
+    x_sum = np.zeros(n + 1)
+    col_index = np.arange(cols, dtype=float)
+    for r0 in range(0, rows, chunk_rows):
+        band = labels[r0 : r0 + chunk_rows]
+        flat = band.ravel()
+        row_index = np.repeat(np.arange(r0, r0 + band.shape[0], dtype=float), cols)
+        y_sum += np.bincount(flat, weights=row_index, minlength=n + 1)[: n + 1]
+        x_sum += np.bincount(flat, weights=np.tile(col_index, band.shape[0]), minlength=n + 1)[: n + 1]
+    return y_sum, x_sum
 
 
 def _crofton_perimeter(labels: np.ndarray, n: int) -> np.ndarray:
@@ -601,18 +733,32 @@ def _crofton_perimeter(labels: np.ndarray, n: int) -> np.ndarray:
     the entries into and exits from the grain along lines of direction d
     (diagonal lines are 1/sqrt(2) px apart). Exact for discs in the limit.
     """
-    padded = np.pad(labels, 1)
+    if n == 0:
+        return np.zeros(0)
     counts = np.zeros(n + 1)
-    for weight, (sa, sb) in (
-        (1.0, ((slice(None), slice(None, -1)), (slice(None), slice(1, None)))),
-        (1.0, ((slice(None, -1), slice(None)), (slice(1, None), slice(None)))),
-        (math.sqrt(0.5), ((slice(None, -1), slice(None, -1)), (slice(1, None), slice(1, None)))),
-        (math.sqrt(0.5), ((slice(None, -1), slice(1, None)), (slice(1, None), slice(None, -1)))),
+    first_row, last_row = labels[0], labels[-1]
+    for weight, (sa, sb), ends in (
+        (1.0, ((slice(None), slice(None, -1)), (slice(None), slice(1, None))), (labels[:, 0], labels[:, -1])),
+        (1.0, ((slice(None, -1), slice(None)), (slice(1, None), slice(None))), (first_row, last_row)),
+        # Diagonal lines enter through the first row and one side column, and leave through the others.
+        (
+            math.sqrt(0.5),
+            ((slice(None, -1), slice(None, -1)), (slice(1, None), slice(1, None))),
+            (first_row, labels[1:, 0], last_row, labels[:-1, -1]),
+        ),
+        (
+            math.sqrt(0.5),
+            ((slice(None, -1), slice(1, None)), (slice(1, None), slice(None, -1))),
+            (first_row, labels[1:, -1], last_row, labels[:-1, 0]),
+        ),
     ):
-        la, lb = padded[sa], padded[sb]
+        la, lb = labels[sa], labels[sb]
         change = la != lb
         counts += weight * np.bincount(la[change], minlength=n + 1)
         counts += weight * np.bincount(lb[change], minlength=n + 1)
+        # Crossings of the image edge (outside counts as not grain).
+        for edge in ends:
+            counts += weight * np.bincount(edge, minlength=n + 1)
     return (math.pi / 8.0) * counts[1:]
 
 
@@ -622,16 +768,16 @@ def _feret(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     feret_min = np.zeros(n)
     if n == 0:
         return feret_max, feret_min
-    padded = np.pad(labels, 1)
-    inner = padded[1:-1, 1:-1]
-    edge = (inner > 0) & (
-        (inner != padded[:-2, 1:-1])
-        | (inner != padded[2:, 1:-1])
-        | (inner != padded[1:-1, :-2])
-        | (inner != padded[1:-1, 2:])
-    )
-    r, c = np.nonzero(edge)
-    lab = inner[r, c]
+    # The hull of a grain's pixels is spanned by the first and last pixel of each of its runs along rows.
+    change = labels[:, 1:] != labels[:, :-1]
+    first = np.ones(labels.shape, bool)
+    first[:, 1:] = change
+    last = np.ones(labels.shape, bool)
+    last[:, :-1] = change
+    first |= last
+    first &= labels > 0
+    r, c = np.nonzero(first)
+    lab = labels[r, c]
     order = np.argsort(lab, kind="stable")
     r, c, lab = r[order], c[order], lab[order]
     bounds = np.searchsorted(lab, np.arange(1, n + 2))
@@ -645,13 +791,14 @@ def _feret(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     sizes = np.array([h.shape[0] for h in hulls])
     offsets = np.r_[0, np.cumsum(sizes)[:-1]]
     vertices = np.concatenate(hulls).astype(np.float64)
-    # Grains of similar hull size in batches of padded (batch, k, k) arrays, ~1e6 elements each.
+    # Grains of similar hull size in batches of padded (batch, k, k) arrays, ~2.5e5 elements each
+    # (a few MB of temporaries, not a multiple of the frame).
     order = np.argsort(sizes, kind="stable")
     sorted_sizes = sizes[order].astype(np.int64)
     start = 0
     while start < n:
         cost = np.arange(1, n - start + 1) * sorted_sizes[start:] ** 2  # increasing
-        stop = start + max(1, int(np.searchsorted(cost, 1_000_000, side="right")))
+        stop = start + max(1, int(np.searchsorted(cost, 250_000, side="right")))
         batch = order[start:stop]
         k = int(sizes[batch].max())
         j = np.arange(k)
@@ -787,7 +934,7 @@ def _mean_intercept_px(phases, labels, grain_code, occluder_code) -> float:
         if phases is not None and np.shape(phases) != labels.shape:
             raise ValueError(f"`labels` shape {labels.shape} differs from `phases` shape {np.shape(phases)}")
         region = np.asarray(phases) != OUTSIDE if phases is not None else np.ones(labels.shape, bool)
-        code = np.where(labels > 0, labels, 0).astype(np.int32)
+        code = np.maximum(labels, 0, dtype=np.int32)
     else:
         phases = np.asarray(phases)
         if phases.ndim != 2:
@@ -800,15 +947,27 @@ def _mean_intercept_px(phases, labels, grain_code, occluder_code) -> float:
     if phases is not None and occluder_code is not None:
         stop |= np.asarray(phases) == occluder_code
     code[stop] = -1
+    del stop, region
     length = 0.0
     count = 0.0
+    # Rows of the map, then rows of its transposed view (columns): no padded copies.
     for lines in (code, code.T):
-        padded = np.pad(lines, ((0, 0), (1, 1)), constant_values=-1)
-        start = (padded[:, 1:-1] > 0) & (padded[:, 1:-1] != padded[:, :-2])
-        end = (padded[:, 1:-1] > 0) & (padded[:, 1:-1] != padded[:, 2:])
+        grain = lines > 0
+        length += np.count_nonzero(grain)
+        change = lines[:, 1:] != lines[:, :-1]
+        start = grain.copy()
+        start[:, 1:] &= change
+        end = grain
+        end[:, :-1] &= change
+        del change
+        # Beyond both ends of a line lies the region border (-1).
+        wall = lines == -1
+        beyond = np.ones_like(wall)
+        beyond[:, 1:] = wall[:, :-1]
         # Segment k starts at the k-th start and ends at the k-th end (row-major order).
-        open_start = (padded[:, :-2] == -1)[start]
-        open_end = (padded[:, 2:] == -1)[end]
-        length += np.count_nonzero(lines > 0)
+        open_start = beyond[start]
+        beyond[:, :-1] = wall[:, 1:]
+        beyond[:, -1] = True
+        open_end = beyond[end]
         count += open_start.size - 0.5 * np.count_nonzero(open_start | open_end)
     return float(length / count) if count > 0 else math.nan
