@@ -882,7 +882,7 @@ def segment_frame(
     u = (prep.smooth - np.float32(a)) / np.float32(b)
     ranks = np.digitize(u, thresholds).astype(np.int32)
 
-    seeds = _seeds(u, ranks, prep, n, seed_fraction, blob_sigma_px, blob_contrast)
+    seeds = _seeds(u, ranks, prep, n, seed_fraction, blob_sigma_px, blob_contrast, a, b, thresholds)
     labels = _flood(prep.smooth, prep.mask, seeds, gradient_sigma_px)
     labels = _assign_lines(labels, u, np.asarray(model.medians), prep.mask)
     # parts of the region that no seed reaches keep their pixel-wise class
@@ -952,7 +952,7 @@ def _assign_lines(labels: np.ndarray, u: np.ndarray, medians: np.ndarray, mask: 
     return out
 
 
-def _seeds(u, ranks, prep, n, seed_fraction, blob_sigma_px, blob_contrast):
+def _seeds(u, ranks, prep, n, seed_fraction, blob_sigma_px, blob_contrast, a, b, thresholds):
     """Watershed markers (rank + 1): typical flat pixels of each class, plus compact dark blobs."""
     flat_u = u[prep.calm]
     flat_r = ranks[prep.calm]
@@ -978,8 +978,17 @@ def _seeds(u, ranks, prep, n, seed_fraction, blob_sigma_px, blob_contrast):
         background = cv2.GaussianBlur(prep.smooth, (0, 0), blob_sigma_px, borderType=cv2.BORDER_REFLECT)
         # only off-edge blob pixels: the blurred rim of a pore passes through the grey levels of the
         # phases between pore and matrix, and must not seed them
-        blobs = prep.calm & ((background - prep.smooth) > blob_contrast * max(prep.noise, 1e-6))
+        deep = (background - prep.smooth) > blob_contrast * max(prep.noise, 1e-6)
+        blobs = prep.calm & deep
         seeds[blobs] = ranks[blobs] + 1
+        # A blob a few pixels across may have no flat pixel: seed its darkest point too (a rim pixel
+        # always has a darker neighbour, so rims stay unseeded). The denoising blur lifts a small
+        # pore's core into the Na3PO4 grey, so the core's class comes from the 3x3 mean of the raw
+        # image, which the beam blur alone leaves near the true level.
+        core = deep & (prep.smooth <= cv2.erode(prep.smooth, np.ones((3, 3), np.uint8)))
+        rows, cols = np.nonzero(core & prep.mask)
+        raw = cv2.GaussianBlur(prep.image, (3, 3), 0.6, borderType=cv2.BORDER_REFLECT)[rows, cols]
+        seeds[rows, cols] = np.digitize((raw - a) / b, thresholds) + 1
     seeds[~prep.mask] = 0
     return seeds
 
