@@ -40,8 +40,13 @@ from semtrack.synth import make_series
 
 OUT = Path(__file__).resolve().parent / "out"
 SUPER = Path(__file__).resolve().parents[1] / ".." / "shared" / "real_sem" / "nasa_pmm_ebc_super" / "Super"
+#: Relief shading moves these images' intensity-class contours up to ~8 px from the edges: no boundary band.
 SUPER_KW = dict(
-    phase_names=("island", "matrix"), brightness_order=("island", "matrix"), denoise_sigma_px=3.0, seed_fraction=0.35
+    phase_names=("island", "matrix"),
+    brightness_order=("island", "matrix"),
+    denoise_sigma_px=3.0,
+    seed_fraction=0.35,
+    boundary_band_px=0,
 )
 
 
