@@ -59,7 +59,9 @@ ABSENT_CASES = {"no_na3po4": dict(n_islands=0), "no_na3po4_no_pores": dict(n_isl
 
 
 def synthetic_rows(seeds, glass_fractions, shape):
-    cases = [(f"seed{seed}_glass{gf:.2f}", dict(seed=seed, glass_fraction=gf)) for seed in seeds for gf in glass_fractions]
+    cases = [
+        (f"seed{seed}_glass{gf:.2f}", dict(seed=seed, glass_fraction=gf)) for seed in seeds for gf in glass_fractions
+    ]
     cases += [(f"seed{seed}_{name}", dict(seed=seed, **kw)) for seed in seeds for name, kw in ABSENT_CASES.items()]
     rows = []
     g, s = PHASE_CODES["glass"], PHASE_CODES["nasicon"]

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from semtrack.config import OUTSIDE, PHASE_CODES
-from semtrack.synth import make_series
 from semtrack.errors import ReadError, SegmentationError
 from semtrack.segment import (
     PhaseModel,
@@ -19,6 +18,7 @@ from semtrack.segment import (
     segment_frame,
     simulate_scribbles,
 )
+from semtrack.synth import make_series
 
 TWO = dict(phase_names=("dark", "bright"), brightness_order=("dark", "bright"))
 #: Mean BSE levels used by the hand-made four-phase image.

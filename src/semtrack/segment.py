@@ -279,9 +279,7 @@ def _prepare(image: Any, valid: Any, denoise_sigma_px: float, name: str = "image
     # NaNs lie outside the mask, so the masked extremes are finite
     lo, hi, _, _ = cv2.minMaxLoc(img, mask.view(np.uint8))
     if hi - lo < 1e-6:
-        raise SegmentationError(
-            f"`{name}` is constant ({lo:.4g}) in the valid region: there are no phases to separate"
-        )
+        raise SegmentationError(f"`{name}` is constant ({lo:.4g}) in the valid region: there are no phases to separate")
     noise = estimate_noise(img, valid=mask)
     smooth = _denoise(img, mask, noise, denoise_sigma_px)
     grad = _gradient(smooth, 1.0)
@@ -1096,8 +1094,8 @@ def _blur_large(img: np.ndarray, sigma_px: float) -> np.ndarray:
         return cv2.GaussianBlur(img, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT)
     small = cv2.resize(img, ((w + f - 1) // f, (h + f - 1) // f), interpolation=cv2.INTER_AREA)
     # the box average of the downsampling already blurs by about f / sqrt(12)
-    small = cv2.GaussianBlur(small, (0, 0), np.sqrt(max(sigma_px**2 - f**2 / 12, 0.25)) / f,
-                             borderType=cv2.BORDER_REFLECT)
+    sigma_small = np.sqrt(max(sigma_px**2 - f**2 / 12, 0.25)) / f
+    small = cv2.GaussianBlur(small, (0, 0), sigma_small, borderType=cv2.BORDER_REFLECT)
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
