@@ -548,7 +548,7 @@ def fit_phase_model(
         prep = _prepare(f, v, denoise_sigma_px, name=f"images[{i}]" if len(frames) > 1 else "image")
         # a field of one phase only (all Na3PO4, all NaSICON) holds no class boundary: leave it out
         if not _single_phase(prep):
-            samples.append(prep.smooth.reshape(-1)[_sample_index(prep.calm, 200_000 // len(frames) + 1000)])
+            samples.append(_sample(prep.smooth[prep.calm], 200_000 // len(frames) + 1000))
     if not samples:
         raise SegmentationError(
             "the image shows a single phase or no contrast between phases (its grey levels vary no more "
@@ -824,11 +824,10 @@ def segment_frame(
         the watershed, in (0, 1]. Smaller is safer on low-contrast images.
     boundary_band_px : int
         How far (pixels) the watershed may move a boundary from where the intensity classes change:
-        typical pixels of a class farther inside it than this seed the watershed even off the flat
-        areas (half as far for the darkest and the two brightest classes, which a blurred rim never
-        crosses), so the flood covers only a band along the boundaries. Widen it for images whose
-        edges are shaded over many pixels (secondary-electron relief); 0 seeds flat pixels only
-        (slowest).
+        pixels of a class farther inside it than this seed the watershed even off the flat areas
+        (half as far for the darkest class), so the flood covers only a band along the boundaries.
+        Widen it for images whose edges are shaded over many pixels (secondary-electron relief);
+        0 seeds flat pixels only (slowest).
     blob_sigma_px : float
         Scale (pixels) of the local background against which compact dark blobs (small particles,
         young islands) are detected and seeded even where the image is not flat; 0 disables.
@@ -892,7 +891,8 @@ def segment_frame(
     ia, ib = (model.brightness_order.index(p) for p in model.anchor_phases)
     thresholds = np.asarray(model.thresholds)
     a, b = _normalise_frame(
-        prep.smooth.reshape(-1)[_sample_index(prep.calm)],
+        # two anchor medians and a few valleys: 100,000 pixels pin them to ~0.1 % of the contrast
+        prep.smooth.reshape(-1)[_sample_index(prep.calm, 100_000)],
         thresholds,
         ia,
         ib,
@@ -997,7 +997,7 @@ def _seeds(prep, ranks, n, seed_fraction, blob_sigma_px, blob_contrast, threshol
     compact dark blobs. ``thresholds`` are the class boundaries in image units; see
     :func:`segment_frame` for ``band_px``."""
     smooth = prep.smooth
-    idx = _sample_index(prep.calm, 400_000)
+    idx = _sample_index(prep.calm, 200_000)
     flat_v = smooth.reshape(-1)[idx]
     flat_r = ranks.reshape(-1)[idx]
     inside = np.zeros(smooth.shape, bool)
@@ -1030,9 +1030,10 @@ def _seeds(prep, ranks, n, seed_fraction, blob_sigma_px, blob_contrast, threshol
         del depth
     # Pixels whose whole window has their class are interior, edges or not: seeding them
     # changes little but leaves the watershed (whose cost grows with the unseeded pixels) only a
-    # band along boundaries. The darkest class and the two brightest (the anchors) use half the
-    # band: a pore's blurred rim passes through the Na3PO4 grey for a pixel or two, which must not
-    # seed it. Not inside dark blobs: a small pore is blurred into the Na3PO4 grey all over (its
+    # band along boundaries. The darkest class may use half the band: a pore's blurred rim passes
+    # through the Na3PO4 grey for a pixel or two, which must not seed it, but is never darkest-class
+    # itself (half the band for the brightest classes too shifts glass/NaSICON edges by about
+    # 0.5 point of glass). Not inside dark blobs: a small pore is blurred into the Na3PO4 grey all over (its
     # class is decided below).
     pure = np.zeros(smooth.shape, bool)
     if band_px > 0:
@@ -1043,7 +1044,7 @@ def _seeds(prep, ranks, n, seed_fraction, blob_sigma_px, blob_contrast, threshol
         half = (band_px + 1) // 2
         narrow = np.ones((2 * half + 1,) * 2, np.uint8)
         pure_ext = cv2.dilate(ranks, narrow) == cv2.erode(ranks, narrow)
-        pure_ext &= (ranks == 0) | (ranks >= n - 2)
+        pure_ext &= ranks == 0
         pure |= pure_ext
         del pure_ext
     inside |= pure
