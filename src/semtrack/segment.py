@@ -11,8 +11,10 @@ Unsupervised mode (:func:`fit_phase_model`, :func:`segment_frame`)
        medians 0 and 1; each frame gets its own affine map (brightness, contrast), re-estimated
        against the shared boundaries, so a phase that grows a lot between frames (Na3PO4) does not
        shift the class definitions the way percentiles would.
-    3. Spatial regularisation: the most typical off-edge pixels of each class (plus compact dark
-       blobs) seed a marker watershed on the gradient magnitude, which assigns the rest. The
+    3. Spatial regularisation: the most typical off-edge pixels of each class, class interiors
+       (farther than ``boundary_band_px`` from a class change) and compact dark blobs (their darkest
+       point for blobs a few pixels across, classed on the raw image) seed a marker watershed on the
+       gradient magnitude, which assigns the band along the boundaries. The
        blur-induced mid-grey rim between bright grains and dark phases has a high gradient, so it
        never seeds the intermediate class; it is split at the gradient ridge, i.e. at the true
        edge, instead of being called glass. Bright edge halos are likewise high-gradient and go to
