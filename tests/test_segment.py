@@ -192,6 +192,24 @@ def test_small_pores_and_young_islands():
     assert not ((phases == PHASE_CODES["na3po4"]) & ~near).any()
 
 
+def test_thin_crack_is_no_island():
+    """A crack 3 px wide in glass is blurred into the Na3PO4 grey along its whole length: it is not an island
+    (the tracker would count it), while a real island next to it is kept."""
+    rng = np.random.default_rng(16)
+    img, truth, _ = _small_blobs(rng)
+    crack = np.zeros(truth.shape, np.uint8)
+    cv2.line(crack, (15, 70), (45, 230), 1, 3)  # in the glass, as the marker's crack
+    clean = np.full(truth.shape, LEVELS["nasicon"], np.float32)
+    clean[truth == PHASE_CODES["glass"]] = LEVELS["glass"]
+    clean[crack > 0] = LEVELS["pore"]
+    blurred = cv2.GaussianBlur(clean, (0, 0), 0.8)
+    near = cv2.dilate(crack, np.ones((9, 9), np.uint8)) > 0
+    img = np.where(near, blurred + 0.03 * rng.standard_normal(img.shape), img)
+    phases = segment_frame(img.astype(np.float32), pixel_size_um=0.05)
+    assert ((phases == PHASE_CODES["na3po4"]) & (crack > 0)).sum() <= 0.05 * crack.sum()
+    assert _iou(phases[150:200, 90:140] == PHASE_CODES["na3po4"], truth[150:200, 90:140] == PHASE_CODES["na3po4"]) > 0.9
+
+
 def test_boundary_band_keeps_the_result():
     """Seeding class interiors (the speed-up) moves no boundary of the hand-made image."""
     img, truth, _ = _small_blobs(np.random.default_rng(15))
