@@ -126,6 +126,13 @@ class SegmentConfig(_Section):
         description="Share of each class's off-edge pixels, farthest from the class boundaries, that seed "
         "the watershed; smaller is safer on low-contrast images.",
     )
+    boundary_band_px: int = Field(
+        2,
+        ge=0,
+        description="How far (px) the watershed may move a boundary from where the intensity classes change; "
+        "class pixels farther inside seed it directly. Widen for edges shaded over many pixels; 0 = flat "
+        "pixels only (slowest).",
+    )
     blob_sigma_px: float = Field(
         6.0, ge=0, description="Scale (px) of the background against which small dark blobs are seeded; 0 disables."
     )

@@ -11,14 +11,18 @@ Unsupervised mode (:func:`fit_phase_model`, :func:`segment_frame`)
        medians 0 and 1; each frame gets its own affine map (brightness, contrast), re-estimated
        against the shared boundaries, so a phase that grows a lot between frames (Na3PO4) does not
        shift the class definitions the way percentiles would.
-    3. Spatial regularisation: the most typical off-edge pixels of each class (plus compact dark
-       blobs) seed a marker watershed on the gradient magnitude, which assigns the rest. The
+    3. Spatial regularisation: the most typical off-edge pixels of each class, class interiors
+       (farther than ``boundary_band_px`` from a class change) and compact dark blobs (their darkest
+       point for blobs a few pixels across, classed on the raw image) seed a marker watershed on the
+       gradient magnitude, which assigns the band along the boundaries. The
        blur-induced mid-grey rim between bright grains and dark phases has a high gradient, so it
        never seeds the intermediate class; it is split at the gradient ridge, i.e. at the true
        edge, instead of being called glass. Bright edge halos are likewise high-gradient and go to
        the phase whose edge they belong to. Thin dark lines inside the brightest phase (glass films
        between touching grains) are given to the next darker phase.
-    4. Phase specks smaller than ``min_object_area_um2`` are merged into their surroundings.
+    4. Regions of the intermediate dark class (Na3PO4) nowhere thicker than ~5 px (cracks, pore rims
+       blurred into its grey) become the darkest phase; phase specks smaller than
+       ``min_object_area_um2`` are merged into their surroundings.
 
 Trainable mode (:class:`PixelClassifier`)
     A random forest on multi-scale features (smoothed intensity, gradient magnitude, Hessian
@@ -50,6 +54,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.signal import find_peaks
 from skimage.filters import threshold_multiotsu
+from skimage.measure import label
 from skimage.segmentation import watershed
 
 from ._atomic import atomic_write_bytes
@@ -235,61 +240,74 @@ def estimate_noise(image: np.ndarray, *, valid: np.ndarray | None = None) -> flo
     """
     img = _as_image(image)
     mask = np.isfinite(img) if valid is None else (np.asarray(valid, bool) & np.isfinite(img))
-    filled = np.where(mask, img, 0).astype(np.float32)
     kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-    resp = cv2.filter2D(filled, -1, kernel, borderType=cv2.BORDER_REFLECT)
-    # only pixels whose whole 3x3 neighbourhood is valid
+    # no need to fill invalid pixels (NaN): only pixels whose whole 3x3 neighbourhood is valid are used
+    resp = cv2.filter2D(img, -1, kernel, borderType=cv2.BORDER_REFLECT)
     inner = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     if inner.sum() < 16:
         return 0.0
     # the median of |response| resists edges better than the mean of the original method
-    mad = float(np.median(np.abs(_sample(resp[inner], 500_000))))
+    mad = float(np.median(np.abs(resp.reshape(-1)[_sample_index(inner, 500_000)])))
     return mad / 0.6745 / 6.0
 
 
-def _denoise(img: np.ndarray, mask: np.ndarray, noise: float, sigma_px: float) -> np.ndarray:
-    """Bilateral filter whose range kernel follows the measured noise (keeps phase edges sharp)."""
-    fill = float(np.median(img[mask]))
-    filled = np.where(mask, img, fill).astype(np.float32)
+def _denoise(img: np.ndarray, mask: np.ndarray, noise: float, sigma_px: float, *, levels8: bool = False) -> np.ndarray:
+    """Bilateral filter whose range kernel follows the measured noise (keeps phase edges sharp).
+
+    ``levels8`` filters 256 grey levels instead of floats when they are finer than half the noise
+    (twice as fast, differences far below the noise).
+    """
+    fill = float(np.median(img.reshape(-1)[_sample_index(mask)]))
+    filled = np.where(mask, img, np.float32(fill)).astype(np.float32, copy=False)
     if sigma_px <= 0:
         return filled
     d = int(2 * np.ceil(1.5 * sigma_px) + 1)
     sigma_color = max(3.0 * noise, 1e-4)
-    out = cv2.bilateralFilter(filled, d, sigma_color, sigma_px, borderType=cv2.BORDER_REFLECT)
-    return cv2.GaussianBlur(out, (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)
+    lo, hi, _, _ = cv2.minMaxLoc(filled)
+    scale = 255.0 / max(hi - lo, 1e-12)
+    if levels8 and noise * scale >= 2.0:
+        # OpenCV's 8-bit bilateral filter uses a lookup table per grey level
+        grey = cv2.convertScaleAbs(filled, alpha=scale, beta=-lo * scale)
+        grey = cv2.bilateralFilter(grey, d, sigma_color * scale, sigma_px, borderType=cv2.BORDER_REFLECT)
+        out = grey.astype(np.float32)
+        out *= np.float32(1.0 / scale)
+        out += np.float32(lo)
+    else:
+        out = cv2.bilateralFilter(filled, d, sigma_color, sigma_px, borderType=cv2.BORDER_REFLECT)
+    return cv2.GaussianBlur(out, (0, 0), 1.0, dst=out, borderType=cv2.BORDER_REFLECT)
 
 
 def _gradient(img: np.ndarray, sigma_px: float) -> np.ndarray:
     sm = cv2.GaussianBlur(img, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT)
     gx = cv2.Sobel(sm, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT)
     gy = cv2.Sobel(sm, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT)
-    return cv2.magnitude(gx, gy)
+    del sm
+    return cv2.magnitude(gx, gy, gx)
 
 
 @dataclass
 class _Prepared:
-    image: np.ndarray  # input with invalid pixels filled (float32)
+    image: np.ndarray  # input (float32; any value, NaN included, outside the mask)
     smooth: np.ndarray  # denoised
     mask: np.ndarray  # analysed pixels
     calm: np.ndarray  # analysed pixels off the edges (the lower half of the gradient magnitude)
     noise: float  # noise standard deviation of the input
 
 
-def _prepare(image: Any, valid: Any, denoise_sigma_px: float, name: str = "image") -> _Prepared:
+def _prepare(image: Any, valid: Any, denoise_sigma_px: float, name: str = "image", levels8: bool = False) -> _Prepared:
     img = _as_image(image, name)
     mask = _valid_mask(img, valid)
-    vals = img[mask]
-    lo, hi = float(vals.min()), float(vals.max())
+    # NaNs lie outside the mask, so the masked extremes are finite
+    lo, hi, _, _ = cv2.minMaxLoc(img, mask.view(np.uint8))
     if hi - lo < 1e-6:
-        raise SegmentationError(
-            f"`{name}` is constant ({lo:.4g}) in the valid region: there are no phases to separate"
-        )
+        raise SegmentationError(f"`{name}` is constant ({lo:.4g}) in the valid region: there are no phases to separate")
     noise = estimate_noise(img, valid=mask)
-    smooth = _denoise(img, mask, noise, denoise_sigma_px)
+    smooth = _denoise(img, mask, noise, denoise_sigma_px, levels8=levels8)
     grad = _gradient(smooth, 1.0)
-    calm = mask & (grad <= np.quantile(_sample(grad[mask]), 0.5))
-    filled = np.where(mask, img, smooth).astype(np.float32)
-    return _Prepared(filled, smooth, mask, calm, noise)
+    calm = grad <= np.float32(np.quantile(grad.reshape(-1)[_sample_index(mask)], 0.5))
+    del grad
+    calm &= mask
+    return _Prepared(img, smooth, mask, calm, noise)
 
 
 def _sample(values: np.ndarray, n_max: int = 200_000) -> np.ndarray:
@@ -298,6 +316,16 @@ def _sample(values: np.ndarray, n_max: int = 200_000) -> np.ndarray:
         return values
     step = values.size // n_max
     return values[::step]
+
+
+def _sample_index(mask: np.ndarray, n_max: int = 200_000) -> np.ndarray:
+    """Flat indices of a deterministic subsample of the True pixels of ``mask`` (about ``n_max``).
+
+    Strides over the frame before selecting, so no full-frame selection is ever copied.
+    """
+    flat = mask.reshape(-1)
+    step = max(int(np.count_nonzero(flat)) // n_max, 1)
+    return np.flatnonzero(flat[::step]) * step
 
 
 # --------------------------------------------------------------------------------------------------
@@ -593,7 +621,7 @@ _NEAR_BLACK = 0.5
 
 def _single_phase(prep: _Prepared) -> bool:
     """True when the frame's denoised grey levels vary no more than its noise (one phase, no boundaries)."""
-    lo, hi = np.quantile(_sample(prep.smooth[prep.mask]), [0.001, 0.999])
+    lo, hi = np.quantile(prep.smooth.reshape(-1)[_sample_index(prep.mask)], [0.001, 0.999])
     # one phase: ~1.2 noise SDs after denoising; 0.1 % of a second phase already spreads it further
     return bool(hi - lo < _SINGLE_PHASE_SPREAD * prep.noise)
 
@@ -775,6 +803,7 @@ def segment_frame(
     denoise_sigma_px: float = 1.5,
     gradient_sigma_px: float = 0.0,
     seed_fraction: float = 0.8,
+    boundary_band_px: int = 2,
     blob_sigma_px: float = 6.0,
     blob_contrast: float = 3.0,
     film_depth: float = 0.1,
@@ -814,6 +843,12 @@ def segment_frame(
     seed_fraction : float
         Fraction of each class's flat pixels, those farthest from the class boundaries, that seed
         the watershed, in (0, 1]. Smaller is safer on low-contrast images.
+    boundary_band_px : int
+        How far (pixels) the watershed may move a boundary from where the intensity classes change:
+        pixels of a class farther inside it than this seed the watershed even off the flat areas
+        (half as far for the darkest class), so the flood covers only a band along the boundaries.
+        Widen it for images whose edges are shaded over many pixels (secondary-electron relief);
+        0 seeds flat pixels only (slowest).
     blob_sigma_px : float
         Scale (pixels) of the local background against which compact dark blobs (small particles,
         young islands) are detected and seeded even where the image is not flat; 0 disables.
@@ -855,6 +890,8 @@ def segment_frame(
     """
     if not 0 < seed_fraction <= 1:
         raise ValueError(f"`seed_fraction` must be in (0, 1], got {seed_fraction!r}")
+    if boundary_band_px < 0:
+        raise ValueError(f"`boundary_band_px` must be >= 0, got {boundary_band_px!r}")
     if pixel_size_um is not None and not pixel_size_um > 0:
         raise ValueError(f"`pixel_size_um` must be positive, got {pixel_size_um!r}")
     if min_object_area_um2 < 0 or min_object_area_px < 0:
@@ -870,44 +907,65 @@ def segment_frame(
     elif not isinstance(model, PhaseModel):
         raise TypeError(f"`model` must be a PhaseModel (from fit_phase_model), got {type(model).__name__}")
 
-    prep = _prepare(image, valid, denoise_sigma_px)
+    # the series model is fitted on float-filtered frames (its fit is sensitive to small changes of
+    # the sample); a frame is only mapped onto it, which 8-bit filtering does not disturb
+    prep = _prepare(image, valid, denoise_sigma_px, levels8=True)
     n = model.n_phases
     ia, ib = (model.brightness_order.index(p) for p in model.anchor_phases)
     thresholds = np.asarray(model.thresholds)
     a, b = _normalise_frame(
-        _sample(prep.smooth[prep.calm]),
+        # two anchor medians and a few valleys: 100,000 pixels pin them to ~0.1 % of the contrast
+        prep.smooth.reshape(-1)[_sample_index(prep.calm, 100_000)],
         thresholds,
         ia,
         ib,
         n,
         hint=(model.intensity_offset, model.intensity_scale) if model.intensity_scale > 0 else None,
     )
-    u = (prep.smooth - np.float32(a)) / np.float32(b)
-    ranks = np.digitize(u, thresholds).astype(np.int32)
+    # Work in image units (thresholds mapped by the frame's a + b u) on uint8 work arrays (ranks,
+    # seeds, labels): no normalised float copy of the frame is needed.
+    thresholds_img = a + b * thresholds
+    ranks = np.zeros(prep.smooth.shape, np.uint8)
+    for t in thresholds_img:
+        ranks += prep.smooth >= np.float32(t)  # = np.digitize(u, thresholds)
 
-    seeds = _seeds(u, ranks, prep, n, seed_fraction, blob_sigma_px, blob_contrast)
+    seeds = _seeds(prep, ranks, n, seed_fraction, blob_sigma_px, blob_contrast, thresholds_img, int(boundary_band_px))
     labels = _flood(prep.smooth, prep.mask, seeds, gradient_sigma_px)
-    labels = _assign_lines(labels, u, np.asarray(model.medians), prep.mask)
+    del seeds
+    labels = _assign_lines(labels, prep.smooth, a + b * np.asarray(model.medians), prep.mask)
     # parts of the region that no seed reaches keep their pixel-wise class
-    labels = np.where(labels > 0, labels - 1, ranks)
+    unreached = labels == 0
+    labels -= 1
+    np.copyto(labels, ranks, where=unreached)
+    del unreached, ranks
     if film_depth > 0 and n >= 2:
         labels = _thin_films(prep, labels, model, b, film_depth, film_width_px)
+    if n >= 4 and abs(thresholds[0]) < _FAR / 2:  # not when the model has no darkest phase
+        labels = _thin_lines_to_darkest(labels, prep.mask, n)
+    codes = model.order_codes
+    out = None
+    if return_probabilities:
+        u = (prep.smooth - np.float32(a)) / np.float32(b)
+        probs = _probabilities(u, thresholds, width=max(prep.noise / b, 1e-3))
+        del u
+        out = np.zeros((n, *labels.shape), np.float32)
+        for rank, code in enumerate(codes):
+            out[code] = np.where(prep.mask, probs[..., rank], 0)
+        del probs
+    # the float frames are no longer needed: free them before the labelling below
+    mask = prep.mask
+    del prep
     min_px = (
         int(round(min_object_area_um2 / pixel_size_um**2)) if pixel_size_um is not None else int(min_object_area_px)
     )
     if min_px > 1:
-        labels = _remove_specks(labels, prep.mask, min_px)
+        labels = _remove_specks(labels, mask, min_px)
 
-    codes = model.order_codes
-    phases = np.full(labels.shape, OUTSIDE, np.uint8)
-    phases[prep.mask] = codes[labels[prep.mask]]
-    if not return_probabilities:
-        return phases
-    probs = _probabilities(u, thresholds, width=max(prep.noise / b, 1e-3))
-    out = np.zeros((n, *labels.shape), np.float32)
-    for rank, code in enumerate(codes):
-        out[code] = np.where(prep.mask, probs[..., rank], 0)
-    return phases, out
+    lut = np.full(256, OUTSIDE, np.uint8)
+    lut[:n] = codes
+    phases = cv2.LUT(labels, lut)
+    phases[~mask] = OUTSIDE
+    return phases if out is None else (phases, out)
 
 
 def _flood(smooth: np.ndarray, mask: np.ndarray, seeds: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -915,55 +973,61 @@ def _flood(smooth: np.ndarray, mask: np.ndarray, seeds: np.ndarray, sigma_px: fl
 
     OpenCV floods in order of the grey-level step between neighbouring pixels, so boundaries settle
     where the (lightly smoothed) image changes fastest, like a watershed on the gradient magnitude.
-    Returns ``seeds``-style labels; 0 on the one-pixel watershed lines, where no seed reached and
-    outside the valid region.
+    Its cost grows with the number of unseeded pixels (see :func:`_seeds`). Returns ``seeds``-style
+    uint8 labels; 0 on the one-pixel watershed lines, where no seed reached and outside the valid region.
     """
     sm = cv2.GaussianBlur(smooth, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT) if sigma_px > 0 else smooth
-    lo, hi = np.quantile(_sample(sm[mask]), [0.001, 0.999])
-    grey = np.clip((sm - lo) * (255.0 / max(hi - lo, 1e-6)), 0, 255).astype(np.uint8)
-    markers = seeds.astype(np.int32).copy()
+    lo, hi = np.quantile(sm.reshape(-1)[_sample_index(mask)], [0.001, 0.999])
+    scale = 255.0 / max(hi - lo, 1e-6)
+    grey = sm * np.float32(scale)
+    grey -= np.float32(lo * scale)
+    grey = np.clip(grey, 0, 255, out=grey).astype(np.uint8)
+    markers = seeds.astype(np.int32)
     outside = int(seeds.max()) + 1
     markers[~mask] = outside
     cv2.watershed(cv2.merge([grey, grey, grey]), markers)
-    markers[(markers == outside) | ~mask | (markers < 0)] = 0
-    return markers
+    # lines (-1) and the outside label become 0
+    markers[markers == outside] = 0
+    return np.clip(markers, 0, None, out=markers).astype(np.uint8)
 
 
-def _assign_lines(labels: np.ndarray, u: np.ndarray, medians: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def _assign_lines(labels: np.ndarray, image: np.ndarray, medians: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Give each one-pixel watershed line to the darker or brighter adjacent region, whichever
-    class median its intensity is closer to (its own intensity class would draw a thin ring of an
-    intermediate phase along every boundary)."""
+    class median (``medians``, in the units of ``image``, by rank) its intensity is closer to (its own
+    intensity class would draw a thin ring of an intermediate phase along every boundary). Works in
+    place on the uint8 ``labels``."""
     lines = mask & (labels == 0)
     if not lines.any():
         return labels
     # the lines are a small share of the frame: decide only there
     rows, cols = np.nonzero(lines)
     kernel = np.ones((3, 3), np.uint8)
-    lab = labels.astype(np.float32)
-    brighter = cv2.dilate(lab, kernel)[rows, cols].astype(np.intp)
-    darker = cv2.erode(np.where(labels > 0, lab, np.float32(len(medians) + 1)), kernel)[rows, cols].astype(np.intp)
+    brighter = cv2.dilate(labels, kernel)[rows, cols].astype(np.intp)
+    none = np.uint8(255)
+    darker = cv2.erode(np.where(labels > 0, labels, none), kernel)[rows, cols].astype(np.intp)
     has_dark = darker <= len(medians)
     has_bright = brighter > 0
     med = np.concatenate([[np.nan], medians])
-    value = u[rows, cols]
+    value = image[rows, cols]
     d_dark = np.abs(value - med[np.where(has_dark, darker, 0)])
     d_bright = np.abs(value - med[brighter])
     pick = np.where(has_dark & (~has_bright | (d_dark <= d_bright)), darker, brighter)
     fill = has_dark | has_bright
-    out = labels.copy()
-    out[rows[fill], cols[fill]] = pick[fill].astype(labels.dtype)
-    return out
+    labels[rows[fill], cols[fill]] = pick[fill]
+    return labels
 
 
-def _seeds(u, ranks, prep, n, seed_fraction, blob_sigma_px, blob_contrast):
-    """Watershed markers (rank + 1): typical flat pixels of each class, plus compact dark blobs."""
-    flat_u = u[prep.calm]
-    flat_r = ranks[prep.calm]
-    # per-class seed interval, applied to the whole frame in one pass (empty interval: no seeds)
-    lows = np.full(n, np.inf, np.float32)
-    highs = np.full(n, -np.inf, np.float32)
+def _seeds(prep, ranks, n, seed_fraction, blob_sigma_px, blob_contrast, thresholds, band_px):
+    """Watershed markers (uint8, rank + 1): typical flat pixels of each class, class interiors, and
+    compact dark blobs. ``thresholds`` are the class boundaries in image units; see
+    :func:`segment_frame` for ``band_px``."""
+    smooth = prep.smooth
+    idx = _sample_index(prep.calm, 200_000)
+    flat_v = smooth.reshape(-1)[idx]
+    flat_r = ranks.reshape(-1)[idx]
+    inside = np.zeros(smooth.shape, bool)
     for k in range(n):
-        vals = _sample(flat_u[flat_r == k])
+        vals = flat_v[flat_r == k]
         if vals.size == 0:
             continue
         # keep the part of the class farthest from its neighbours: darkest end of the darkest class,
@@ -974,17 +1038,92 @@ def _seeds(u, ranks, prep, n, seed_fraction, blob_sigma_px, blob_contrast):
             lo, hi = np.quantile(vals, 1 - seed_fraction), np.inf
         else:
             lo, hi = np.quantile(vals, [0.5 - seed_fraction / 2, 0.5 + seed_fraction / 2])
-        lows[k], highs[k] = lo, hi
-    inside = prep.calm & (u >= lows[ranks]) & (u <= highs[ranks])
-    seeds = np.where(inside, ranks + 1, 0).astype(np.int32)
+        # boolean work arrays only (a quarter of a float frame each)
+        sel = ranks == k
+        if lo > -np.inf:
+            sel &= smooth >= np.float32(lo)
+        if hi < np.inf:
+            sel &= smooth <= np.float32(hi)
+        inside |= sel
+    inside &= prep.calm
+    deep = None
     if blob_sigma_px > 0 and blob_contrast > 0:
-        background = cv2.GaussianBlur(prep.smooth, (0, 0), blob_sigma_px, borderType=cv2.BORDER_REFLECT)
+        # compact dark blobs: darker than their surroundings by blob_contrast noise SDs
+        depth = _blur_large(smooth, blob_sigma_px)
+        depth -= smooth
+        deep = depth > np.float32(blob_contrast * max(prep.noise, 1e-6))
+        del depth
+    # Pixels whose whole window has their class are interior, edges or not: seeding them
+    # changes little but leaves the watershed (whose cost grows with the unseeded pixels) only a
+    # band along boundaries. The darkest class may use half the band: a pore's blurred rim passes
+    # through the Na3PO4 grey for a pixel or two, which must not seed it, but is never darkest-class
+    # itself (half the band for the brightest classes too shifts glass/NaSICON edges by about
+    # 0.5 point of glass). Not inside dark blobs: a small pore is blurred into the Na3PO4 grey all over (its
+    # class is decided below).
+    pure = np.zeros(smooth.shape, bool)
+    if band_px > 0:
+        wide = np.ones((2 * band_px + 1,) * 2, np.uint8)
+        pure = cv2.dilate(ranks, wide) == cv2.erode(ranks, wide)
+        if deep is not None:
+            # (where a small pore's blurred interior can lie: the classes between pore and glass)
+            pure &= ~(deep & (ranks > 0) & (ranks < n - 2))
+        half = (band_px + 1) // 2
+        narrow = np.ones((2 * half + 1,) * 2, np.uint8)
+        pure_ext = cv2.dilate(ranks, narrow) == cv2.erode(ranks, narrow)
+        pure_ext &= ranks == 0
+        pure |= pure_ext
+        del pure_ext
+    inside |= pure
+    del pure
+    seeds = np.where(inside, ranks + np.uint8(1), np.uint8(0))
+    del inside
+    if deep is not None:
         # only off-edge blob pixels: the blurred rim of a pore passes through the grey levels of the
         # phases between pore and matrix, and must not seed them
-        blobs = prep.calm & ((background - prep.smooth) > blob_contrast * max(prep.noise, 1e-6))
+        blobs = prep.calm & deep
         seeds[blobs] = ranks[blobs] + 1
+        del blobs
+        # A blob a few pixels across may have no flat pixel: seed its darkest point too (a rim pixel
+        # always has a darker neighbour, so rims stay unseeded). The denoising blur lifts a small
+        # pore's core into the Na3PO4 grey, so the core's class comes from the lightly smoothed raw
+        # image, which the beam blur alone leaves near the true level.
+        deep &= prep.mask
+        rows, cols = np.nonzero(deep)
+        del deep
+        core = smooth[rows, cols] <= cv2.erode(smooth, np.ones((3, 3), np.uint8))[rows, cols]
+        rows, cols = rows[core], cols[core]
+        seeds[rows, cols] = np.digitize(_raw_level(prep, rows, cols), thresholds) + 1
     seeds[~prep.mask] = 0
     return seeds
+
+
+def _raw_level(prep: _Prepared, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Input image at the given pixels, smoothed by a 3x3 Gaussian (sigma 0.6 px) over the valid
+    neighbours (invalid ones take the denoised value); computed only there."""
+    h, w = prep.image.shape
+    weights = cv2.getGaussianKernel(3, 0.6).ravel()
+    total = np.zeros(rows.size, np.float64)
+    for dy, wy in zip((-1, 0, 1), weights, strict=True):
+        r = np.abs(rows + dy)
+        r = np.where(r >= h, 2 * h - 2 - r, r)  # reflect at the border
+        for dx, wx in zip((-1, 0, 1), weights, strict=True):
+            c = np.abs(cols + dx)
+            c = np.where(c >= w, 2 * w - 2 - c, c)
+            total += wy * wx * np.where(prep.mask[r, c], prep.image[r, c], prep.smooth[r, c])
+    return total
+
+
+def _blur_large(img: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Gaussian blur of a smooth background at a large sigma, computed on a 2x-4x smaller image."""
+    f = int(np.clip(sigma_px // 2, 1, 4))
+    h, w = img.shape
+    if f == 1 or min(h, w) < 8 * f:
+        return cv2.GaussianBlur(img, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT)
+    small = cv2.resize(img, ((w + f - 1) // f, (h + f - 1) // f), interpolation=cv2.INTER_AREA)
+    # the box average of the downsampling already blurs by about f / sqrt(12)
+    sigma_small = np.sqrt(max(sigma_px**2 - f**2 / 12, 0.25)) / f
+    small = cv2.GaussianBlur(small, (0, 0), sigma_small, borderType=cv2.BORDER_REFLECT)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def _thin_films(prep, labels, model, b, film_depth, film_width_px):
@@ -999,10 +1138,33 @@ def _thin_films(prep, labels, model, b, film_depth, film_width_px):
     size = 2 * int(round(film_width_px)) + 1
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
     depth = cv2.morphologyEx(prep.smooth, cv2.MORPH_BLACKHAT, kernel, borderType=cv2.BORDER_REFLECT)
-    film = prep.mask & (labels == n - 1) & (depth > film_depth * contrast)
-    out = labels.copy()
-    out[film] = n - 2
-    return out
+    film = depth > np.float32(film_depth * contrast)
+    del depth
+    film &= labels == n - 1
+    film &= prep.mask
+    labels[film] = n - 2
+    return labels
+
+
+def _thin_lines_to_darkest(labels: np.ndarray, mask: np.ndarray, n: int, half_width_px: float = 2.5) -> np.ndarray:
+    """Give regions of the classes between the darkest and the two brightest (Na3PO4) that are nowhere
+    thicker than about ``2 * half_width_px`` to the darkest class, in place.
+
+    A crack or a pore's rim a few pixels wide is blurred into the Na3PO4 grey; islands are compact
+    (the smallest the tracker counts, 0.1 µm², are 7 px across at 0.05 µm/px), so a region that
+    thin is the darker phase seen through the blur, not an island.
+    """
+    for rank in range(1, n - 2):
+        region = (labels == rank) & mask
+        if not region.any():
+            continue
+        count, comp = cv2.connectedComponents(region.view(np.uint8), connectivity=8)
+        thick = cv2.distanceTransform(region.view(np.uint8), cv2.DIST_L2, 3) > half_width_px
+        has_thick = np.zeros(count, bool)
+        has_thick[comp[thick]] = True
+        has_thick[0] = True
+        labels[~has_thick[comp]] = 0
+    return labels
 
 
 def _probabilities(u: np.ndarray, thresholds: np.ndarray, width: float) -> np.ndarray:
@@ -1020,34 +1182,32 @@ def _probabilities(u: np.ndarray, thresholds: np.ndarray, width: float) -> np.nd
 
 
 def _remove_specks(labels: np.ndarray, mask: np.ndarray, min_px: int) -> np.ndarray:
-    """Merge connected regions of one phase smaller than ``min_px`` into the nearest other phase."""
-    specks = np.zeros(labels.shape, bool)
-    for rank in range(int(labels[mask].max()) + 1):
-        # OpenCV's labelling (Bolelli's algorithm) is ~3x faster than scipy's; 4-connectivity as ndi.label
-        n, comp = cv2.connectedComponentsWithAlgorithm(
-            ((labels == rank) & mask).view(np.uint8), 4, cv2.CV_32S, cv2.CCL_BOLELLI
-        )
-        if n <= 1:
-            continue
-        small = np.bincount(comp.ravel(), minlength=n) < min_px
-        small[0] = False
-        if small.any():
-            specks |= small[comp]
-    if not specks.any() or specks[mask].all():
+    """Merge connected regions of one phase smaller than ``min_px`` into the nearest other phase
+    (in place on the uint8 ``labels``)."""
+    # one labelling of regions of equal phase (all phases at once); outside pixels are background
+    regions = label(np.where(mask, labels, np.uint8(255)), background=255, connectivity=1)
+    small = np.bincount(regions.reshape(-1)) < min_px
+    small[0] = False
+    specks = small[regions]
+    del regions
+    rows, cols = np.nonzero(specks)
+    if rows.size == 0 or rows.size == np.count_nonzero(mask):
         return labels
     # grow the surrounding phases into the specks (they are a few pixels across)
-    filled = np.where(specks | ~mask, 0, labels + 1).astype(np.float32)
+    filled = labels + np.uint8(1)
+    filled[specks] = 0
+    filled[~mask] = 0
     kernel = np.ones((3, 3), np.uint8)
     for _ in range(int(np.ceil(np.sqrt(min_px))) + 2):
-        todo = specks & (filled == 0)
+        todo = filled[rows, cols] == 0
         if not todo.any():
             break
-        grown = cv2.dilate(filled, kernel)
-        filled[todo] = grown[todo]
-    out = labels.copy()
-    done = specks & (filled > 0)
-    out[done] = filled[done].astype(labels.dtype) - 1
-    return out
+        r, c = rows[todo], cols[todo]
+        filled[r, c] = cv2.dilate(filled, kernel)[r, c]
+    value = filled[rows, cols]
+    done = value > 0
+    labels[rows[done], cols[done]] = value[done] - 1
+    return labels
 
 
 # --------------------------------------------------------------------------------------------------
