@@ -171,7 +171,7 @@ def measure_grains(
         Phase that may lie on top of grains (Na3PO4 islands, 3): its pixels are
         unknown, not grain, and grains touching it are flagged ``occluded``.
     image : (rows, cols) ndarray, optional
-        The registered BSE image the phase map came from. With it, grains that
+        The registered BSE image the phase map came from (NaN where not imaged). With it, grains that
         touch without glass between them are also told apart by their
         brightness (orientation contrast), and false necks of a rough
         segmented outline are bridged (see Notes). None: shape alone
@@ -458,14 +458,19 @@ def _fill_from_neighbours(labels: np.ndarray, grain: np.ndarray, steps: int) -> 
 
 
 def _coarse_image(image: np.ndarray, factor: int) -> np.ndarray:
-    """Block means of the image on the watershed grid (noise averages out over a block)."""
+    """Block means of the image on the watershed grid (noise averages out over a block).
+
+    Pixels that were not imaged (NaN) count as 0 on the coarse grid; a full-size copy is made
+    only when the grid needs no reduction or the frame does not divide into blocks.
+    """
     image = np.asarray(image, dtype=np.float32)
     if factor == 1:
-        return cv2.GaussianBlur(image, (0, 0), 1.0)
+        return cv2.GaussianBlur(np.nan_to_num(image), (0, 0), 1.0)
     rows, cols = image.shape
     pad_r, pad_c = -rows % factor, -cols % factor
-    padded = np.pad(image, ((0, pad_r), (0, pad_c)), mode="edge")
-    return cv2.resize(padded, ((cols + pad_c) // factor, (rows + pad_r) // factor), interpolation=cv2.INTER_AREA)
+    padded = np.pad(image, ((0, pad_r), (0, pad_c)), mode="edge") if pad_r or pad_c else image
+    coarse = cv2.resize(padded, ((cols + pad_c) // factor, (rows + pad_r) // factor), interpolation=cv2.INTER_AREA)
+    return np.nan_to_num(coarse, copy=False)
 
 
 def _gradient_basins(image_c: np.ndarray, grain_c: np.ndarray) -> tuple[np.ndarray, int]:

@@ -188,6 +188,7 @@ def analyse_frame(
         phases = segment.segment_frame(
             image, model=phase_model, valid=valid, pixel_size_um=pixel_size_um, **segment_options(config)
         )
+    del valid
     phase_names = tuple(config.segment.phase_names)
     fractions = quantify.phase_fractions(
         phases,
@@ -232,7 +233,7 @@ def measure_frame_grains(
         min_grain_area_um2=config.grains.min_grain_area_um2,
         split_touching=config.grains.split_touching,
         valid=region,
-        image=np.nan_to_num(image, nan=0.0) if (image is not None and config.grains.use_image) else None,
+        image=image if config.grains.use_image else None,
     )
     summary = grains_mod.grain_summary(table, phases, pixel_size_um=pixel_size_um, grain_code=code, labels=labels)
     return labels, table, summary
