@@ -312,6 +312,41 @@ def test_synthetic_series_with_absent_phases(kwargs):
                 assert not (pred == code).any(), f"frame {i}: phase {code} is absent but was found"
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect (issue 4): with glass scarce (5 %) and Na3PO4 abundant (10 %) in a frame, the "
+    "series model places the glass anchor between Na3PO4 and glass, and that frame's fractions are off "
+    "by up to 18 points",
+)
+def test_scarce_glass_with_much_na3po4():
+    """Late frame of a low-glass pellet: 4 % glass next to 10 % Na3PO4 must still be told apart."""
+    s = make_series(shape=(384, 512), n_frames=2, seed=1, glass_fraction=0.05)
+    images = [im.astype(np.float32) / np.iinfo(im.dtype).max for im in s.images]
+    valids = [p != OUTSIDE for p in s.phases]
+    assert ((s.phases[1] == PHASE_CODES["na3po4"]) & valids[1]).mean() > 0.09  # the case described
+    model = fit_phase_model(images, valid=valids)
+    for i, (img, valid) in enumerate(zip(images, valids, strict=True)):
+        pred = segment_frame(img, model=model, valid=valid, pixel_size_um=s.pixel_size_um)
+        frac_err, _, _ = _metrics(pred, s.phases[i])
+        assert np.abs(frac_err).max() <= 1.0, f"frame {i}: {frac_err}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect (issue 4): a pellet before exposure (no Na3PO4) at 12 % glass is fitted as two "
+    "classes; pores are lost and glass comes out 7.6 points low",
+)
+def test_no_na3po4_at_12_percent_glass():
+    s = make_series(shape=(384, 512), n_frames=4, seed=0, glass_fraction=0.12, n_islands=0)
+    images = [im.astype(np.float32) / np.iinfo(im.dtype).max for im in s.images]
+    valids = [p != OUTSIDE for p in s.phases]
+    model = fit_phase_model(images, valid=valids)
+    for i, (img, valid) in enumerate(zip(images, valids, strict=True)):
+        pred = segment_frame(img, model=model, valid=valid, pixel_size_um=s.pixel_size_um)
+        frac_err, _, _ = _metrics(pred, s.phases[i])
+        assert np.abs(frac_err).max() <= 1.0, f"frame {i}: {frac_err}"
+
+
 # -------------------------------------------------------------------- pixel classifier
 
 
