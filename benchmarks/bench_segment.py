@@ -30,6 +30,7 @@ Writes ``benchmarks/out/segment.csv`` (one row per case; column ``kind`` says wh
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import time
 import tracemalloc
@@ -76,8 +77,11 @@ def island_scores(series, frame, pred):
     na, pore = PHASE_CODES["na3po4"], PHASE_CODES["pore"]
     h, w = pred.shape
     ids = cv2.warpAffine(
-        series.islands_ref[frame].astype(np.float32), series.matrices[frame][:2], (w, h),
-        flags=cv2.INTER_NEAREST, borderValue=0,
+        series.islands_ref[frame].astype(np.float32),
+        series.matrices[frame][:2],
+        (w, h),
+        flags=cv2.INTER_NEAREST,
+        borderValue=0,
     ).astype(np.int64)
     table = series.islands[series.islands.frame == frame]
     found = np.bincount(ids[pred == na], minlength=ids.max() + 1)
@@ -165,9 +169,15 @@ def real_rows(quick):
         t0 = time.perf_counter()
         pred = segment_frame(img, **SUPER_KW) == 0
         rows.append(
-            dict(kind="real_unsupervised", case=name, seconds=time.perf_counter() - t0, iou=_iou(pred, truth),
-                 frac_err_pt=100 * (pred.mean() - truth.mean()), otsu_iou=_iou(otsu, truth),
-                 otsu_frac_err_pt=100 * (otsu.mean() - truth.mean()))
+            dict(
+                kind="real_unsupervised",
+                case=name,
+                seconds=time.perf_counter() - t0,
+                iou=_iou(pred, truth),
+                frac_err_pt=100 * (pred.mean() - truth.mean()),
+                otsu_iou=_iou(otsu, truth),
+                otsu_frac_err_pt=100 * (otsu.mean() - truth.mean()),
+            )
         )
     train_set = data[1:3] if quick else data
     for name, img, truth in train_set:
@@ -178,8 +188,15 @@ def real_rows(quick):
         self_iou = _iou(clf.predict(img) == 0, truth)
         others = [_iou(clf.predict(im) == 0, t) for n, im, t in data if n != name]
         rows.append(
-            dict(kind="real_classifier", case=name, seconds=train_s, scribble_fraction=float((scribbles > 0).mean()),
-                 iou=self_iou, cross_mean_iou=float(np.mean(others)), cross_min_iou=float(np.min(others)))
+            dict(
+                kind="real_classifier",
+                case=name,
+                seconds=train_s,
+                scribble_fraction=float((scribbles > 0).mean()),
+                iou=self_iou,
+                cross_mean_iou=float(np.mean(others)),
+                cross_min_iou=float(np.min(others)),
+            )
         )
     return rows
 
@@ -201,9 +218,17 @@ def speed_rows(repeats):
     segment_frame(img, model=model, valid=valid, pixel_size_um=series.pixel_size_um)
     peak_bytes = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    rows = [dict(kind="speed", case=f"segment_frame {img.shape[1]}x{img.shape[0]}", seconds=float(np.median(times)),
-                 seconds_min=float(np.min(times)), cpu_seconds=float(np.median(cpu)), peak_mb=peak_bytes / 1e6,
-                 peak_float32_frames=peak_bytes / (4 * img.size))]
+    rows = [
+        dict(
+            kind="speed",
+            case=f"segment_frame {img.shape[1]}x{img.shape[0]}",
+            seconds=float(np.median(times)),
+            seconds_min=float(np.min(times)),
+            cpu_seconds=float(np.median(cpu)),
+            peak_mb=peak_bytes / 1e6,
+            peak_float32_frames=peak_bytes / (4 * img.size),
+        )
+    ]
     scribbles = simulate_scribbles(series.phases[0], fraction=0.01, seed=0)
     clf = PixelClassifier(n_estimators=20).fit(img, scribbles, valid=valid)
     times, cpu = [], []
@@ -212,9 +237,58 @@ def speed_rows(repeats):
         clf.predict(img, valid=valid)
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    rows.append(dict(kind="speed", case=f"PixelClassifier.predict {img.shape[1]}x{img.shape[0]} (20 trees)",
-                     seconds=float(np.median(times)), seconds_min=float(np.min(times)),
-                     cpu_seconds=float(np.median(cpu))))
+    rows.append(
+        dict(
+            kind="speed",
+            case=f"PixelClassifier.predict {img.shape[1]}x{img.shape[0]} (20 trees)",
+            seconds=float(np.median(times)),
+            seconds_min=float(np.min(times)),
+            cpu_seconds=float(np.median(cpu)),
+        )
+    )
+    return rows
+
+
+def robustness_rows(seeds):
+    """Model selection over many short series: every combination of glass 5/12/20/35 %, with and
+    without Na3PO4, with and without pores, two electron doses (384 x 512, 2 frames at 24 and 96 h,
+    the second one the latest stage). Per series: the largest fraction error over frames and phases."""
+    rows = []
+    for seed, gf, n_islands, pores, dose in itertools.product(
+        seeds, (0.05, 0.12, 0.2, 0.35), (None, 0), (0.02, 0.0), (150.0, 60.0)
+    ):
+        s = make_series(
+            shape=(384, 512),
+            n_frames=2,
+            seed=seed,
+            glass_fraction=gf,
+            n_islands=n_islands,
+            pore_fraction=pores,
+            dose_electrons_per_px=dose,
+        )
+        images = [im.astype(np.float32) / np.iinfo(im.dtype).max for im in s.images]
+        valids = [p != OUTSIDE for p in s.phases]
+        model = fit_phase_model(images, valid=valids)
+        worst = 0.0
+        for img, valid, truth in zip(images, valids, s.phases, strict=True):
+            pred = segment_frame(img, model=model, valid=valid, pixel_size_um=s.pixel_size_um)
+            n = valid.sum()
+            worst = max(
+                worst,
+                max(
+                    abs(int(((pred == c) & valid).sum()) - int(((truth == c) & valid).sum())) / n
+                    for c in range(len(PHASE_NAMES))
+                )
+                * 100,
+            )
+        rows.append(
+            dict(
+                kind="robustness",
+                case=f"seed{seed}_glass{gf:.2f}_{'islands' if n_islands is None else 'no_na3po4'}"
+                f"_pores{pores:g}_dose{dose:g}",
+                worst_frac_err_pt=worst,
+            )
+        )
     return rows
 
 
@@ -226,6 +300,7 @@ def main():
     rows = speed_rows(1 if args.quick else 3)
     rows += synthetic_rows(seeds, [0.05, 0.2, 0.35], (512, 512))
     rows += real_rows(args.quick)
+    rows += robustness_rows([0] if args.quick else [0, 1, 2, 3])
     df = pd.DataFrame(rows)
     OUT.mkdir(parents=True, exist_ok=True)
     df.to_csv(OUT / "segment.csv", index=False)
@@ -237,17 +312,23 @@ def main():
         print("\nSynthetic (512 px; targets |frac err| <= 1.0 pt, mean IoU >= 0.85, |glass_fraction err| <= 1.0 pt)")
         print(syn[["case", "frame", *cols]].round(3).to_string(index=False))
         worst = syn[[f"{n}_frac_err_pt" for n in PHASE_NAMES]].abs().max()
-        print(f"max |frac err| per phase: {worst.round(2).to_dict()}; mean IoU {syn.mean_iou.mean():.3f} "
-              f"(min {syn.mean_iou.min():.3f}); max |glass_fraction err| {syn.glass_fraction_err_pt.abs().max():.2f}")
+        print(
+            f"max |frac err| per phase: {worst.round(2).to_dict()}; mean IoU {syn.mean_iou.mean():.3f} "
+            f"(min {syn.mean_iou.min():.3f}); max |glass_fraction err| {syn.glass_fraction_err_pt.abs().max():.2f}"
+        )
         print("mean IoU per phase: " + ", ".join(f"{n} {syn[f'{n}_iou'].mean():.3f}" for n in PHASE_NAMES))
         recall = ", ".join(
             f"{name} (area <= {upper:g} µm²) {syn[f'islands_{name}_found'].sum()}/{syn[f'islands_{name}'].sum()}"
             for name, _, upper in ISLAND_CLASSES
         )
-        print(f"island recall (>= half the island Na3PO4): {recall}; false islands (>= {MIN_ISLAND_UM2} µm², "
-              f"< 20 % true Na3PO4) {syn.false_islands.sum()}, of which at pores {syn.false_islands_at_pores.sum()}")
-    for kind, title in [("real_unsupervised", "Real Super, unsupervised (targets mean IoU >= 0.85, |err| <= 3 pt)"),
-                        ("real_classifier", "Real Super, classifier (targets IoU >= 0.92, cross mean >= 0.85)")]:
+        print(
+            f"island recall (>= half the island Na3PO4): {recall}; false islands (>= {MIN_ISLAND_UM2} µm², "
+            f"< 20 % true Na3PO4) {syn.false_islands.sum()}, of which at pores {syn.false_islands_at_pores.sum()}"
+        )
+    for kind, title in [
+        ("real_unsupervised", "Real Super, unsupervised (targets mean IoU >= 0.85, |err| <= 3 pt)"),
+        ("real_classifier", "Real Super, classifier (targets IoU >= 0.92, cross mean >= 0.85)"),
+    ]:
         part = df[df.kind == kind].dropna(axis=1, how="all")
         if len(part):
             print(f"\n{title}")
@@ -256,8 +337,18 @@ def main():
             if "cross_mean_iou" in part:
                 # the mean over all training choices is the honest transfer figure; one image can be lucky
                 first = part[part.case == "spot1_0d_0"].cross_mean_iou
-                print(f"cross IoU averaged over {len(part)} training images {part.cross_mean_iou.mean():.3f}"
-                      + (f"; trained on spot1_0d_0 {first.iloc[0]:.3f}" if len(first) else ""))
+                print(
+                    f"cross IoU averaged over {len(part)} training images {part.cross_mean_iou.mean():.3f}"
+                    + (f"; trained on spot1_0d_0 {first.iloc[0]:.3f}" if len(first) else "")
+                )
+    rob = df[df.kind == "robustness"]
+    if len(rob):
+        bad = rob[rob.worst_frac_err_pt > 1.0]
+        print(
+            f"\nModel selection over {len(rob)} short series (target: every phase within 1 pt): "
+            f"{len(rob) - len(bad)} pass; failing:"
+        )
+        print(bad[["case", "worst_frac_err_pt"]].round(2).to_string(index=False))
     sp = df[df.kind == "speed"]
     print("\nSpeed, one thread (target: segment_frame <= 0.4 s CPU per 2048x1536 frame)")
     for _, r in sp.iterrows():
