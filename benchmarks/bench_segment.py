@@ -201,18 +201,26 @@ def real_rows(quick):
     return rows
 
 
+def _timed(call, repeats):
+    """Wall and CPU seconds of ``repeats`` calls."""
+    times, cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        call()
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return times, cpu
+
+
 def speed_rows(repeats):
     cv2.setNumThreads(1)
     series = make_series(shape=(1536 + 64, 2048), n_frames=1, seed=0, info_bar=True)
     img = series.images[0].astype(np.float32) / 255
     valid = series.phases[0] != OUTSIDE
     model = fit_phase_model(img, valid=valid)
-    times, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        segment_frame(img, model=model, valid=valid, pixel_size_um=series.pixel_size_um)
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
+    times, cpu = _timed(
+        lambda: segment_frame(img, model=model, valid=valid, pixel_size_um=series.pixel_size_um), repeats
+    )
     # peak of the allocations made inside segment_frame (numpy arrays and OpenCV outputs)
     tracemalloc.start()
     segment_frame(img, model=model, valid=valid, pixel_size_um=series.pixel_size_um)
@@ -231,12 +239,7 @@ def speed_rows(repeats):
     ]
     scribbles = simulate_scribbles(series.phases[0], fraction=0.01, seed=0)
     clf = PixelClassifier(n_estimators=20).fit(img, scribbles, valid=valid)
-    times, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        clf.predict(img, valid=valid)
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
+    times, cpu = _timed(lambda: clf.predict(img, valid=valid), repeats)
     rows.append(
         dict(
             kind="speed",

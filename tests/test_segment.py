@@ -237,14 +237,22 @@ def _metrics(pred, truth):
     return np.array(frac_err), np.array(ious), 100 * (gf(pred) - gf(truth))
 
 
-def test_synthetic_series_accuracy(synth_series):
-    s = synth_series
+def _series_frames(s):
+    """Fit the series model on a synthetic series and segment every frame: (model, [(prediction, truth)])."""
     images = [im.astype(np.float32) / np.iinfo(im.dtype).max for im in s.images]
     valids = [p != OUTSIDE for p in s.phases]
     model = fit_phase_model(images, valid=valids)
-    for i, (img, valid) in enumerate(zip(images, valids, strict=True)):
-        pred = segment_frame(img, model=model, valid=valid, pixel_size_um=s.pixel_size_um)
-        frac_err, ious, gf_err = _metrics(pred, s.phases[i])
+    frames = [
+        (segment_frame(img, model=model, valid=valid, pixel_size_um=s.pixel_size_um), truth)
+        for img, valid, truth in zip(images, valids, s.phases, strict=True)
+    ]
+    return model, frames
+
+
+def test_synthetic_series_accuracy(synth_series):
+    _, frames = _series_frames(synth_series)
+    for i, (pred, truth) in enumerate(frames):
+        frac_err, ious, gf_err = _metrics(pred, truth)
         # The 1.0-point targets hold on all 36 frames of benchmarks/bench_segment.py; on this smaller
         # series the worst frame measured 1.05 points (glass), hence the 1.25 guard here.
         assert np.abs(frac_err).max() <= 1.25, f"frame {i}: {frac_err}"
@@ -297,18 +305,15 @@ def test_synthetic_series_with_absent_phases(kwargs):
     from semtrack.synth import make_series
 
     s = make_series(shape=(320, 320), n_frames=3, seed=0, **kwargs)
-    images = [im.astype(np.float32) / np.iinfo(im.dtype).max for im in s.images]
-    valids = [p != OUTSIDE for p in s.phases]
-    model = fit_phase_model(images, valid=valids)
+    model, frames = _series_frames(s)
     # absent phases are stored as finite, zero-width classes: the model stays strict JSON
     assert PhaseModel.from_dict(json.loads(json.dumps(model.to_dict(), allow_nan=False))) == model
-    for i, (img, valid) in enumerate(zip(images, valids, strict=True)):
-        pred = segment_frame(img, model=model, valid=valid, pixel_size_um=s.pixel_size_um)
-        frac_err, _, gf_err = _metrics(pred, s.phases[i])
+    for i, (pred, truth) in enumerate(frames):
+        frac_err, _, gf_err = _metrics(pred, truth)
         assert np.abs(frac_err).max() <= 1.0, f"frame {i}: {frac_err}"
         assert abs(gf_err) <= 1.0, f"frame {i}: glass_fraction error {gf_err:.2f}"
         for code in range(4):
-            if not (s.phases[i] == code).any():
+            if not (truth == code).any():
                 assert not (pred == code).any(), f"frame {i}: phase {code} is absent but was found"
 
 
@@ -321,13 +326,9 @@ def test_synthetic_series_with_absent_phases(kwargs):
 def test_scarce_glass_with_much_na3po4():
     """Late frame of a low-glass pellet: 4 % glass next to 10 % Na3PO4 must still be told apart."""
     s = make_series(shape=(384, 512), n_frames=2, seed=1, glass_fraction=0.05)
-    images = [im.astype(np.float32) / np.iinfo(im.dtype).max for im in s.images]
-    valids = [p != OUTSIDE for p in s.phases]
-    assert ((s.phases[1] == PHASE_CODES["na3po4"]) & valids[1]).mean() > 0.09  # the case described
-    model = fit_phase_model(images, valid=valids)
-    for i, (img, valid) in enumerate(zip(images, valids, strict=True)):
-        pred = segment_frame(img, model=model, valid=valid, pixel_size_um=s.pixel_size_um)
-        frac_err, _, _ = _metrics(pred, s.phases[i])
+    assert (s.phases[1] == PHASE_CODES["na3po4"]).mean() > 0.09  # the case described
+    for i, (pred, truth) in enumerate(_series_frames(s)[1]):
+        frac_err, _, _ = _metrics(pred, truth)
         assert np.abs(frac_err).max() <= 1.0, f"frame {i}: {frac_err}"
 
 
@@ -338,12 +339,8 @@ def test_scarce_glass_with_much_na3po4():
 )
 def test_no_na3po4_at_12_percent_glass():
     s = make_series(shape=(384, 512), n_frames=4, seed=0, glass_fraction=0.12, n_islands=0)
-    images = [im.astype(np.float32) / np.iinfo(im.dtype).max for im in s.images]
-    valids = [p != OUTSIDE for p in s.phases]
-    model = fit_phase_model(images, valid=valids)
-    for i, (img, valid) in enumerate(zip(images, valids, strict=True)):
-        pred = segment_frame(img, model=model, valid=valid, pixel_size_um=s.pixel_size_um)
-        frac_err, _, _ = _metrics(pred, s.phases[i])
+    for i, (pred, truth) in enumerate(_series_frames(s)[1]):
+        frac_err, _, _ = _metrics(pred, truth)
         assert np.abs(frac_err).max() <= 1.0, f"frame {i}: {frac_err}"
 
 
@@ -439,8 +436,13 @@ def _load_super(real_sem):
 
 #: Settings for these 512-px SE images with ~70 px islands (heavier noise than our BSE frames; relief
 #: shading moves the intensity-class contour up to ~8 px from the edges, hence no boundary band).
-SUPER_KW = dict(phase_names=("island", "matrix"), brightness_order=("island", "matrix"),
-                denoise_sigma_px=3.0, seed_fraction=0.35, boundary_band_px=0)
+SUPER_KW = dict(
+    phase_names=("island", "matrix"),
+    brightness_order=("island", "matrix"),
+    denoise_sigma_px=3.0,
+    seed_fraction=0.35,
+    boundary_band_px=0,
+)
 
 
 @pytest.mark.real_data

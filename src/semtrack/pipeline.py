@@ -328,7 +328,9 @@ def run(
     inputs_key = [f.sha256 for f in series.frames] + [repr(series.times_h.tolist())]
     registration_key = [inputs_key, config.registration.model_dump(mode="json"), config.io.model_dump(mode="json")]
     registration = _cached(
-        cache, "registration", registration_key,
+        cache,
+        "registration",
+        registration_key,
         lambda: register.register_series(
             series,
             marker=config.registration.marker,
@@ -347,20 +349,28 @@ def run(
     )
     if config.registration.exclude_marker and registration.marker_source == "user":
         x0, y0, x1, y1 = registration.marker
-        region[max(y0, 0):y1, max(x0, 0):x1] = False
+        region[max(y0, 0) : y1, max(x0, 0) : x1] = False
     if not region.any():
         raise SemtrackError("no area is imaged by every frame; nothing to analyse")
 
     model_key = [inputs_key, registration.matrices.round(6).tolist(), config.segment.model_dump(mode="json")]
     phase_model = _cached(
-        cache, "phase_model", model_key,
+        cache,
+        "phase_model",
+        model_key,
         lambda: fit_model(series, registration, region, config, lambda d, t: notify("model", d, t)),
     )
 
-    frame_key = [model_key, config.quantify.model_dump(mode="json"), config.grains.model_dump(mode="json"),
-                 config.track.model_dump(mode="json"), _digest(np.packbits(region).tobytes())]
-    analyses = _analyse_frames(series, registration, region, phase_model, config, cache, frame_key,
-                               out, frame_workers, notify)
+    frame_key = [
+        model_key,
+        config.quantify.model_dump(mode="json"),
+        config.grains.model_dump(mode="json"),
+        config.track.model_dump(mode="json"),
+        _digest(np.packbits(region).tobytes()),
+    ]
+    analyses = _analyse_frames(
+        series, registration, region, phase_model, config, cache, frame_key, out, frame_workers, notify
+    )
 
     tracker = track.IslandTracker(
         pixel_size_um=pixel_size_um,
@@ -384,10 +394,9 @@ def run(
     # report: on large frames they are the largest things left in memory.
     del tracker, analysis, persistent
 
-    frames = _frames_table(series, registration, analyses, lineage, pixel_size_um)
-    grains_table = pd.concat(
-        [analyses.load_tables(i)[1].assign(frame=i) for i in range(len(series))], ignore_index=True
-    )
+    tables = [analyses.load_tables(i) for i in range(len(series))]
+    frames = _frames_table(series, registration, tables, lineage, pixel_size_um)
+    grains_table = pd.concat([grains.assign(frame=i) for i, (_, grains, _) in enumerate(tables)], ignore_index=True)
     grains_table = grains_table[["frame"] + [c for c in grains_table.columns if c != "frame"]]
     region_area = float(region.sum()) * (pixel_size_um or 1.0) ** 2
     intervals = track.interval_statistics(lineage, region_area_um2=region_area)
@@ -397,10 +406,23 @@ def run(
 
     provenance = _provenance(series, config, registration, phase_model, warnings)
     result = Result(
-        series=series, config=config, registration=registration, region=region, frames=frames,
-        grains=grains_table, islands=lineage.islands, events=lineage.events, intervals=intervals,
-        kinetics=kinetics, lineage=lineage, phase_model=phase_model, phase_maps=phase_maps,
-        island_maps=island_maps, warnings=warnings, provenance=provenance, out_dir=out,
+        series=series,
+        config=config,
+        registration=registration,
+        region=region,
+        frames=frames,
+        grains=grains_table,
+        islands=lineage.islands,
+        events=lineage.events,
+        intervals=intervals,
+        kinetics=kinetics,
+        lineage=lineage,
+        phase_model=phase_model,
+        phase_maps=phase_maps,
+        island_maps=island_maps,
+        warnings=warnings,
+        provenance=provenance,
+        out_dir=out,
     )
     if out is not None:
         _write_outputs(result, out, notify)
@@ -576,9 +598,7 @@ def _analyse_frames(series, registration, region, phase_model, config, cache, fr
 
     if workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
-            futures = {
-                i: pool.submit(_frame_task, i, series, registration, region, phase_model, config) for i in todo
-            }
+            futures = {i: pool.submit(_frame_task, i, series, registration, region, phase_model, config) for i in todo}
             for i in todo:
                 finish(i, futures[i].result())
     else:
@@ -593,11 +613,12 @@ def _analyse_frames(series, registration, region, phase_model, config, cache, fr
     return analyses
 
 
-def _frames_table(series: Series, registration, analyses: _Analyses, lineage, pixel_size_um) -> pd.DataFrame:
+def _frames_table(series: Series, registration, tables, lineage, pixel_size_um) -> pd.DataFrame:
+    """One row per frame; ``tables`` holds each frame's ``_Analyses.load_tables``."""
     islands = lineage.islands
     rows = []
     for i, info in enumerate(series.frames):
-        fractions, _, grain_summary = analyses.load_tables(i)
+        fractions, _, grain_summary = tables[i]
         frame_islands = islands[islands["frame"] == i]
         areas = frame_islands["area_um2"].to_numpy(dtype=float)
         params = register.transform_parameters(registration.frames[i].matrix)
@@ -687,7 +708,10 @@ def _write_event_maps(result: Result, out: Path) -> None:
         image = cv2.imread(str(preview_path(out, i)), cv2.IMREAD_GRAYSCALE)
         interval = events[(events["frame_from"] == i - 1) & (events["frame_to"] == i)]
         rgb = track.event_map(
-            np.where(result.region, image, np.uint8(0)), previous, current, interval,
+            np.where(result.region, image, np.uint8(0)),
+            previous,
+            current,
+            interval,
             pixel_size_um=result.series.pixel_size_um,
         )
         write_png(rgb, event_map_path(out, i - 1, i))
@@ -711,8 +735,14 @@ def _provenance(series: Series, config: Config, registration, phase_model, warni
             "machine": platform.machine(),
         },
         "inputs": [
-            {"frame": i, "file": str(f.path), "sha256": f.sha256, "time_h": f.time_h,
-             "crop_bottom_px": f.crop_bottom_px, "acquired": f.acquired}
+            {
+                "frame": i,
+                "file": str(f.path),
+                "sha256": f.sha256,
+                "time_h": f.time_h,
+                "crop_bottom_px": f.crop_bottom_px,
+                "acquired": f.acquired,
+            }
             for i, f in enumerate(series.frames)
         ],
         "pixel_size_um": series.pixel_size_um,

@@ -1273,9 +1273,9 @@ def _outline(labels: np.ndarray) -> np.ndarray:
 
 
 def _member(labels: np.ndarray, ids: list[int]) -> np.ndarray:
-    """``np.isin(labels, ids)`` by table lookup (ids are small non-negative integers)."""
+    """``np.isin(labels, ids)`` by table lookup (island ids are small positive integers)."""
     table = np.zeros(max(int(labels.max()), max(ids)) + 1, bool)
-    table[[i for i in ids if i >= 0]] = True
+    table[ids] = True
     return table[labels]
 
 
