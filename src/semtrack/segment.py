@@ -968,13 +968,19 @@ def segment_frame(
     return phases if out is None else (phases, out)
 
 
-def _flood(smooth: np.ndarray, mask: np.ndarray, seeds: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Marker watershed (OpenCV's, ~10x faster than scikit-image's on large frames).
+def _flood(
+    smooth: np.ndarray, mask: np.ndarray, seeds: np.ndarray, sigma_px: float, tile_px: int = 512, margin_px: int = 32
+) -> np.ndarray:
+    """Marker watershed (OpenCV's, ~10x faster than scikit-image's on large frames), tile by tile.
 
     OpenCV floods in order of the grey-level step between neighbouring pixels, so boundaries settle
     where the (lightly smoothed) image changes fastest, like a watershed on the gradient magnitude.
-    Its cost grows with the number of unseeded pixels (see :func:`_seeds`). Returns ``seeds``-style
-    uint8 labels; 0 on the one-pixel watershed lines, where no seed reached and outside the valid region.
+    Its cost grows with the number of unseeded pixels (see :func:`_seeds`), and on a whole large frame
+    its queues jump across the frame: tiles of ``tile_px`` that fit the CPU cache run ~4x faster. Each
+    tile is flooded with a ``margin_px`` border of context and only its core kept; the unseeded pixels
+    form bands a few pixels wide, so no flood reaches a core from farther than the margin. Returns
+    ``seeds``-style uint8 labels; 0 on the one-pixel watershed lines, where no seed reached and outside
+    the valid region.
     """
     sm = cv2.GaussianBlur(smooth, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT) if sigma_px > 0 else smooth
     lo, hi = np.quantile(sm.reshape(-1)[_sample_index(mask)], [0.001, 0.999])
@@ -982,13 +988,23 @@ def _flood(smooth: np.ndarray, mask: np.ndarray, seeds: np.ndarray, sigma_px: fl
     grey = sm * np.float32(scale)
     grey -= np.float32(lo * scale)
     grey = np.clip(grey, 0, 255, out=grey).astype(np.uint8)
+    colour = cv2.merge([grey, grey, grey])
     markers = seeds.astype(np.int32)
     outside = int(seeds.max()) + 1
     markers[~mask] = outside
-    cv2.watershed(cv2.merge([grey, grey, grey]), markers)
-    # lines (-1) and the outside label become 0
-    markers[markers == outside] = 0
-    return np.clip(markers, 0, None, out=markers).astype(np.uint8)
+    h, w = seeds.shape
+    out = np.empty((h, w), np.uint8)
+    for y0 in range(0, h, tile_px):
+        for x0 in range(0, w, tile_px):
+            ya, xa = max(y0 - margin_px, 0), max(x0 - margin_px, 0)
+            yb, xb = min(y0 + tile_px + margin_px, h), min(x0 + tile_px + margin_px, w)
+            tile = markers[ya:yb, xa:xb].copy()
+            cv2.watershed(colour[ya:yb, xa:xb], tile)
+            core = tile[y0 - ya : y0 - ya + tile_px, x0 - xa : x0 - xa + tile_px]
+            # lines (-1) and the outside label become 0
+            core[core == outside] = 0
+            out[y0 : y0 + tile_px, x0 : x0 + tile_px] = np.clip(core, 0, None)
+    return out
 
 
 def _assign_lines(labels: np.ndarray, image: np.ndarray, medians: np.ndarray, mask: np.ndarray) -> np.ndarray:
