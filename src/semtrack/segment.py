@@ -1012,25 +1012,36 @@ def _assign_lines(labels: np.ndarray, image: np.ndarray, medians: np.ndarray, ma
     class median (``medians``, in the units of ``image``, by rank) its intensity is closer to (its own
     intensity class would draw a thin ring of an intermediate phase along every boundary). Works in
     place on the uint8 ``labels``."""
-    lines = mask & (labels == 0)
-    if not lines.any():
+    lines = labels == 0
+    lines &= mask
+    flat = np.flatnonzero(lines)
+    if flat.size == 0:
         return labels
-    # the lines are a small share of the frame: decide only there
-    rows, cols = np.nonzero(lines)
-    kernel = np.ones((3, 3), np.uint8)
-    brighter = cv2.dilate(labels, kernel)[rows, cols].astype(np.intp)
-    none = np.uint8(255)
-    darker = cv2.erode(np.where(labels > 0, labels, none), kernel)[rows, cols].astype(np.intp)
+    # the lines are a small share of the frame: read only their 3x3 neighbourhoods (a zero border
+    # stands for "no region", like the unlabelled pixels)
+    width = labels.shape[1] + 2
+    padded = cv2.copyMakeBorder(labels, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0).reshape(-1)
+    centre = flat + 2 * (flat // labels.shape[1]) + width + 1
+    brighter = np.zeros(flat.size, np.uint8)
+    darker = np.full(flat.size, 255, np.uint8)
+    for offset in (-width - 1, -width, -width + 1, -1, 1, width - 1, width, width + 1):
+        value = padded[centre + offset]
+        np.maximum(brighter, value, out=brighter)
+        value[value == 0] = 255
+        np.minimum(darker, value, out=darker)
     has_dark = darker <= len(medians)
     has_bright = brighter > 0
     med = np.concatenate([[np.nan], medians])
-    value = image[rows, cols]
+    value = image.reshape(-1)[flat]
     d_dark = np.abs(value - med[np.where(has_dark, darker, 0)])
     d_bright = np.abs(value - med[brighter])
     pick = np.where(has_dark & (~has_bright | (d_dark <= d_bright)), darker, brighter)
     fill = has_dark | has_bright
-    labels[rows[fill], cols[fill]] = pick[fill]
+    labels.reshape(-1)[flat[fill]] = pick[fill]
     return labels
+
+
+_FLOAT32_LOWEST, _FLOAT32_HIGHEST = float(np.finfo(np.float32).min), float(np.finfo(np.float32).max)
 
 
 def _seeds(prep, ranks, n, seed_fraction, blob_sigma_px, blob_contrast, thresholds, band_px):
@@ -1041,7 +1052,7 @@ def _seeds(prep, ranks, n, seed_fraction, blob_sigma_px, blob_contrast, threshol
     idx = _sample_index(prep.calm, 200_000)
     flat_v = smooth.reshape(-1)[idx]
     flat_r = ranks.reshape(-1)[idx]
-    inside = np.zeros(smooth.shape, bool)
+    inside = np.zeros(smooth.shape, np.uint8)
     for k in range(n):
         vals = flat_v[flat_r == k]
         if vals.size == 0:
@@ -1054,14 +1065,16 @@ def _seeds(prep, ranks, n, seed_fraction, blob_sigma_px, blob_contrast, threshol
             lo, hi = np.quantile(vals, 1 - seed_fraction), np.inf
         else:
             lo, hi = np.quantile(vals, [0.5 - seed_fraction / 2, 0.5 + seed_fraction / 2])
-        # boolean work arrays only (a quarter of a float frame each)
-        sel = ranks == k
-        if lo > -np.inf:
-            sel &= smooth >= np.float32(lo)
-        if hi < np.inf:
-            sel &= smooth <= np.float32(hi)
-        inside |= sel
-    inside &= prep.calm
+        # class k is thresholds[k - 1] <= v < thresholds[k]: one interval of grey levels, selected in
+        # one pass (inRange is inclusive at both ends; the largest float32 below a threshold stands
+        # for "below it")
+        if k > 0:
+            lo = max(lo, np.float32(thresholds[k - 1]))
+        if k < n - 1:
+            hi = min(hi, np.nextafter(np.float32(thresholds[k]), np.float32(-np.inf)))
+        lo, hi = max(lo, _FLOAT32_LOWEST), min(hi, _FLOAT32_HIGHEST)
+        cv2.bitwise_or(inside, cv2.inRange(smooth, float(np.float32(lo)), float(np.float32(hi))), dst=inside)
+    inside = cv2.bitwise_and(inside, prep.calm.view(np.uint8)).view(bool)  # 0/1: a valid boolean array
     deep = None
     if blob_sigma_px > 0 and blob_contrast > 0:
         # compact dark blobs: darker than their surroundings by blob_contrast noise SDs
@@ -1104,11 +1117,11 @@ def _seeds(prep, ranks, n, seed_fraction, blob_sigma_px, blob_contrast, threshol
         # pore's core into the Na3PO4 grey, so the core's class comes from the lightly smoothed raw
         # image, which the beam blur alone leaves near the true level.
         deep &= prep.mask
-        rows, cols = np.nonzero(deep)
+        flat = np.flatnonzero(deep)
         del deep
-        core = smooth[rows, cols] <= cv2.erode(smooth, np.ones((3, 3), np.uint8))[rows, cols]
-        rows, cols = rows[core], cols[core]
-        seeds[rows, cols] = np.digitize(_raw_level(prep, rows, cols), thresholds) + 1
+        flat = flat[smooth.reshape(-1)[flat] <= cv2.erode(smooth, np.ones((3, 3), np.uint8)).reshape(-1)[flat]]
+        rows, cols = np.divmod(flat, smooth.shape[1])
+        seeds.reshape(-1)[flat] = np.digitize(_raw_level(prep, rows, cols), thresholds) + 1
     seeds[~prep.mask] = 0
     return seeds
 
@@ -1204,25 +1217,26 @@ def _remove_specks(labels: np.ndarray, mask: np.ndarray, min_px: int) -> np.ndar
     regions = label(np.where(mask, labels, np.uint8(255)), background=255, connectivity=1)
     small = np.bincount(regions.reshape(-1)) < min_px
     small[0] = False
-    specks = small[regions]
+    if not small.any():
+        return labels
+    flat = np.flatnonzero(small[regions])
     del regions
-    rows, cols = np.nonzero(specks)
-    if rows.size == 0 or rows.size == np.count_nonzero(mask):
+    if flat.size == np.count_nonzero(mask):
         return labels
     # grow the surrounding phases into the specks (they are a few pixels across)
     filled = labels + np.uint8(1)
-    filled[specks] = 0
     filled[~mask] = 0
+    filled_flat = filled.reshape(-1)
+    filled_flat[flat] = 0
     kernel = np.ones((3, 3), np.uint8)
     for _ in range(int(np.ceil(np.sqrt(min_px))) + 2):
-        todo = filled[rows, cols] == 0
-        if not todo.any():
+        todo = flat[filled_flat[flat] == 0]
+        if todo.size == 0:
             break
-        r, c = rows[todo], cols[todo]
-        filled[r, c] = cv2.dilate(filled, kernel)[r, c]
-    value = filled[rows, cols]
+        filled_flat[todo] = cv2.dilate(filled, kernel).reshape(-1)[todo]
+    value = filled_flat[flat]
     done = value > 0
-    labels[rows[done], cols[done]] = value[done] - 1
+    labels.reshape(-1)[flat[done]] = value[done] - 1
     return labels
 
 
