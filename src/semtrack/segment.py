@@ -1188,11 +1188,13 @@ def _thin_lines_to_darkest(labels: np.ndarray, mask: np.ndarray, n: int, half_wi
         if not region.any():
             continue
         count, comp = cv2.connectedComponents(region.view(np.uint8), connectivity=8)
-        thick = cv2.distanceTransform(region.view(np.uint8), cv2.DIST_L2, 3) > half_width_px
+        thick = cv2.distanceTransform(region.view(np.uint8), cv2.DIST_L2, 3)
+        # the class is a small share of the frame: decide only on its pixels
+        flat = np.flatnonzero(region)
+        comp = comp.reshape(-1)[flat]
         has_thick = np.zeros(count, bool)
-        has_thick[comp[thick]] = True
-        has_thick[0] = True
-        labels[~has_thick[comp]] = 0
+        has_thick[comp[thick.reshape(-1)[flat] > half_width_px]] = True
+        labels.reshape(-1)[flat[~has_thick[comp]]] = 0
     return labels
 
 
