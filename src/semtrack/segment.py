@@ -255,7 +255,8 @@ def _denoise(img: np.ndarray, mask: np.ndarray, noise: float, sigma_px: float, *
     """Bilateral filter whose range kernel follows the measured noise (keeps phase edges sharp).
 
     ``levels8`` filters 256 grey levels instead of floats when they are finer than half the noise
-    (twice as fast, differences far below the noise).
+    (twice as fast, differences far below the noise), in a window of radius ``ceil(sigma_px)``
+    instead of ``ceil(1.5 sigma_px)`` (half the taps; sharper thin films, see :func:`segment_frame`).
     """
     fill = float(np.median(img.reshape(-1)[_sample_index(mask)]))
     filled = np.where(mask, img, np.float32(fill)).astype(np.float32, copy=False)
@@ -268,6 +269,7 @@ def _denoise(img: np.ndarray, mask: np.ndarray, noise: float, sigma_px: float, *
     if levels8 and noise * scale >= 2.0:
         # OpenCV's 8-bit bilateral filter uses a lookup table per grey level
         grey = cv2.convertScaleAbs(filled, alpha=scale, beta=-lo * scale)
+        d = int(2 * np.ceil(sigma_px) + 1)
         grey = cv2.bilateralFilter(grey, d, sigma_color * scale, sigma_px, borderType=cv2.BORDER_REFLECT)
         out = grey.astype(np.float32)
         out *= np.float32(1.0 / scale)
@@ -983,7 +985,8 @@ def _flood(
     the valid region.
     """
     sm = cv2.GaussianBlur(smooth, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT) if sigma_px > 0 else smooth
-    lo, hi = np.quantile(sm.reshape(-1)[_sample_index(mask)], [0.001, 0.999])
+    # (50,000 pixels put the 0.1 % tails within a grey level or two: only the step order matters)
+    lo, hi = np.quantile(sm.reshape(-1)[_sample_index(mask, 50_000)], [0.001, 0.999])
     scale = 255.0 / max(hi - lo, 1e-6)
     grey = sm * np.float32(scale)
     grey -= np.float32(lo * scale)
@@ -1049,7 +1052,7 @@ def _seeds(prep, ranks, n, seed_fraction, blob_sigma_px, blob_contrast, threshol
     compact dark blobs. ``thresholds`` are the class boundaries in image units; see
     :func:`segment_frame` for ``band_px``."""
     smooth = prep.smooth
-    idx = _sample_index(prep.calm, 200_000)
+    idx = _sample_index(prep.calm, 50_000)  # enough for the class quantiles, a quarter of the sorting
     flat_v = smooth.reshape(-1)[idx]
     flat_r = ranks.reshape(-1)[idx]
     inside = np.zeros(smooth.shape, np.uint8)
