@@ -271,12 +271,17 @@ def _denoise(img: np.ndarray, mask: np.ndarray, noise: float, sigma_px: float, *
         grey = cv2.convertScaleAbs(filled, alpha=scale, beta=-lo * scale)
         d = int(2 * np.ceil(sigma_px) + 1)
         grey = cv2.bilateralFilter(grey, d, sigma_color * scale, sigma_px, borderType=cv2.BORDER_REFLECT)
-        out = grey.astype(np.float32)
-        out *= np.float32(1.0 / scale)
-        out += np.float32(lo)
+        # the Gaussian below, the way back to image units folded into its kernel and offset (one pass)
+        gauss = cv2.getGaussianKernel(_gaussian_size(1.0), 1.0, cv2.CV_32F)
+        return cv2.sepFilter2D(grey, cv2.CV_32F, gauss / np.float32(scale), gauss, delta=lo, borderType=cv2.BORDER_REFLECT)
     else:
         out = cv2.bilateralFilter(filled, d, sigma_color, sigma_px, borderType=cv2.BORDER_REFLECT)
     return cv2.GaussianBlur(out, (0, 0), 1.0, dst=out, borderType=cv2.BORDER_REFLECT)
+
+
+def _gaussian_size(sigma_px: float) -> int:
+    """Kernel size OpenCV's GaussianBlur picks for float images at ``sigma_px``."""
+    return int(round(sigma_px * 8 + 1)) | 1
 
 
 def _gradient(img: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -988,22 +993,21 @@ def _flood(
     # (50,000 pixels put the 0.1 % tails within a grey level or two: only the step order matters)
     lo, hi = np.quantile(sm.reshape(-1)[_sample_index(mask, 50_000)], [0.001, 0.999])
     scale = 255.0 / max(hi - lo, 1e-6)
-    grey = sm * np.float32(scale)
-    grey -= np.float32(lo * scale)
-    grey = np.clip(grey, 0, 255, out=grey).astype(np.uint8)
-    colour = cv2.merge([grey, grey, grey])
-    markers = seeds.astype(np.int32)
     outside = int(seeds.max()) + 1
-    markers[~mask] = outside
     h, w = seeds.shape
     out = np.empty((h, w), np.uint8)
+    # every step tile by tile, so the work arrays stay in cache
     for y0 in range(0, h, tile_px):
         for x0 in range(0, w, tile_px):
             ya, xa = max(y0 - margin_px, 0), max(x0 - margin_px, 0)
-            yb, xb = min(y0 + tile_px + margin_px, h), min(x0 + tile_px + margin_px, w)
-            tile = markers[ya:yb, xa:xb].copy()
-            cv2.watershed(colour[ya:yb, xa:xb], tile)
-            core = tile[y0 - ya : y0 - ya + tile_px, x0 - xa : x0 - xa + tile_px]
+            window = np.s_[ya : min(y0 + tile_px + margin_px, h), xa : min(x0 + tile_px + margin_px, w)]
+            grey = sm[window] * np.float32(scale)
+            grey -= np.float32(lo * scale)
+            grey = np.clip(grey, 0, 255, out=grey).astype(np.uint8)
+            markers = seeds[window].astype(np.int32)
+            markers[~mask[window]] = outside
+            cv2.watershed(cv2.merge([grey, grey, grey]), markers)
+            core = markers[y0 - ya : y0 - ya + tile_px, x0 - xa : x0 - xa + tile_px]
             # lines (-1) and the outside label become 0
             core[core == outside] = 0
             out[y0 : y0 + tile_px, x0 : x0 + tile_px] = np.clip(core, 0, None)
