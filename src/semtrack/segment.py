@@ -273,7 +273,9 @@ def _denoise(img: np.ndarray, mask: np.ndarray, noise: float, sigma_px: float, *
         grey = cv2.bilateralFilter(grey, d, sigma_color * scale, sigma_px, borderType=cv2.BORDER_REFLECT)
         # the Gaussian below, the way back to image units folded into its kernel and offset (one pass)
         gauss = cv2.getGaussianKernel(_gaussian_size(1.0), 1.0, cv2.CV_32F)
-        return cv2.sepFilter2D(grey, cv2.CV_32F, gauss / np.float32(scale), gauss, delta=lo, borderType=cv2.BORDER_REFLECT)
+        return cv2.sepFilter2D(
+            grey, cv2.CV_32F, gauss / np.float32(scale), gauss, delta=lo, borderType=cv2.BORDER_REFLECT
+        )
     else:
         out = cv2.bilateralFilter(filled, d, sigma_color, sigma_px, borderType=cv2.BORDER_REFLECT)
     return cv2.GaussianBlur(out, (0, 0), 1.0, dst=out, borderType=cv2.BORDER_REFLECT)
