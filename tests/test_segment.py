@@ -513,3 +513,64 @@ def test_classifier_trained_on_one_frame_holds_across_a_time_series():
             error = (phases[inside] == code).mean() - (truth[inside] == code).mean()
             # measured: <= 1.3 points with anchors; median/IQR normalisation is off by up to 22
             assert abs(error) < 0.05, (code, error)
+
+
+# -------------------------------------------------------------------- segment_frame: tiled flood, thin films
+
+
+def test_tiled_watershed_matches_one_pass():
+    """Flooding tile by tile (the speed-up) gives exactly the labels of one watershed over the frame."""
+    from semtrack.segment import _flood
+
+    img, truth, _ = _small_blobs(np.random.default_rng(21))
+    smooth = cv2.GaussianBlur(img, (0, 0), 1.0)
+    mask = np.ones(truth.shape, bool)
+    mask[:30, 200:] = False  # an invalid corner crossed by tile borders
+    # seeds: each phase's pixels at least 3 px inside it, as rank + 1
+    seeds = np.zeros(truth.shape, np.uint8)
+    for rank, code in enumerate([PHASE_CODES[n] for n in ("pore", "na3po4", "glass", "nasicon")]):
+        inner = cv2.erode((truth == code).astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+        seeds[inner & mask] = rank + 1
+    whole = _flood(smooth, mask, seeds, 0.0, tile_px=10_000)
+    tiled = _flood(smooth, mask, seeds, 0.0, tile_px=48, margin_px=32)
+    np.testing.assert_array_equal(tiled, whole)
+    assert (whole[~mask] == 0).all() and (whole[mask] > 0).mean() > 0.95
+
+
+def _film_image(rng, noise=0.05, shape=(240, 240)):
+    """Grains with glass films 1 and 2 px wide at four orientations, beam-blurred (sigma 0.8 px), plus glass,
+    Na3PO4 and pore blocks for the model. Returns image, truth (phase codes) and the film mask."""
+    truth = np.full(shape, PHASE_CODES["nasicon"], np.uint8)
+    truth[:, :50] = PHASE_CODES["glass"]
+    truth[180:225, 70:115] = PHASE_CODES["na3po4"]
+    truth[20:40, 200:220] = PHASE_CODES["pore"]
+    film = np.zeros(shape, np.uint8)
+    lines = [((60, 60, 230, 60), 1), ((60, 120, 230, 120), 2), ((140, 10, 140, 170), 1)]
+    lines += [((190, 70, 190, 170), 2), ((60, 75, 130, 165), 1), ((200, 180, 235, 140), 2)]
+    for (x0, y0, x1, y1), width in lines:
+        line = np.zeros(shape, np.uint8)
+        cv2.line(line, (x0, y0), (x1, y1), 1, 1)
+        film |= line if width == 1 else cv2.dilate(line, np.ones((2, 2), np.uint8))
+    film[truth != PHASE_CODES["nasicon"]] = 0
+    truth[film > 0] = PHASE_CODES["glass"]
+    img = np.zeros(shape, np.float32)
+    for name, level in LEVELS.items():
+        img[truth == PHASE_CODES[name]] = level
+    img = cv2.GaussianBlur(img, (0, 0), 0.8)
+    return (img + noise * rng.standard_normal(shape)).astype(np.float32), truth, film > 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_thin_films_found_on_their_line(seed):
+    """Glass films 1-2 px wide between grains are found along their length and not widened: measured
+    0.88-0.92 recall and a film IoU of 0.63-0.65 (the isotropic top-hat on the denoised image before:
+    0.74-0.83 and 0.48-0.50); noise in the grains makes no films."""
+    img, truth, film = _film_image(np.random.default_rng(seed))
+    glass = segment_frame(img, pixel_size_um=0.05) == PHASE_CODES["glass"]
+    near = cv2.dilate(film.view(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    assert (glass & film).sum() >= 0.85 * film.sum()
+    assert _iou(glass & near, film) >= 0.6
+    # grain pixels farther than 3 px from any film or other phase
+    other = (truth != PHASE_CODES["nasicon"]).astype(np.uint8)
+    grains = cv2.dilate(other, np.ones((7, 7), np.uint8)) == 0
+    assert not (glass & grains).any()
