@@ -140,7 +140,7 @@ class SegmentConfig(_Section):
         3.0, ge=0, description="How much darker than that background (noise SDs) a blob must be."
     )
     film_depth: float = Field(
-        0.2,
+        0.1,
         ge=0,
         description="Thin dark lines in the brightest phase deeper than this fraction of the "
         "glass-NaSICON contrast become glass (films between touching grains); 0 disables.",
