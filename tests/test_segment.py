@@ -515,7 +515,7 @@ def test_classifier_trained_on_one_frame_holds_across_a_time_series():
             assert abs(error) < 0.05, (code, error)
 
 
-# -------------------------------------------------------------------- segment_frame: tiled flood, thin films
+# -------------------------------------------------------------------- segment_frame: tiled flood
 
 
 def test_tiled_watershed_matches_one_pass():
