@@ -269,12 +269,19 @@ def _denoise(img: np.ndarray, mask: np.ndarray, noise: float, sigma_px: float, *
         # OpenCV's 8-bit bilateral filter uses a lookup table per grey level
         grey = cv2.convertScaleAbs(filled, alpha=scale, beta=-lo * scale)
         grey = cv2.bilateralFilter(grey, d, sigma_color * scale, sigma_px, borderType=cv2.BORDER_REFLECT)
-        out = grey.astype(np.float32)
-        out *= np.float32(1.0 / scale)
-        out += np.float32(lo)
+        # the Gaussian below, the way back to image units folded into its kernel and offset (one pass)
+        gauss = cv2.getGaussianKernel(_gaussian_size(1.0), 1.0, cv2.CV_32F)
+        return cv2.sepFilter2D(
+            grey, cv2.CV_32F, gauss / np.float32(scale), gauss, delta=lo, borderType=cv2.BORDER_REFLECT
+        )
     else:
         out = cv2.bilateralFilter(filled, d, sigma_color, sigma_px, borderType=cv2.BORDER_REFLECT)
     return cv2.GaussianBlur(out, (0, 0), 1.0, dst=out, borderType=cv2.BORDER_REFLECT)
+
+
+def _gaussian_size(sigma_px: float) -> int:
+    """Kernel size OpenCV's GaussianBlur picks for float images at ``sigma_px``."""
+    return int(round(sigma_px * 8 + 1)) | 1
 
 
 def _gradient(img: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -968,27 +975,43 @@ def segment_frame(
     return phases if out is None else (phases, out)
 
 
-def _flood(smooth: np.ndarray, mask: np.ndarray, seeds: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Marker watershed (OpenCV's, ~10x faster than scikit-image's on large frames).
+def _flood(
+    smooth: np.ndarray, mask: np.ndarray, seeds: np.ndarray, sigma_px: float, tile_px: int = 512, margin_px: int = 32
+) -> np.ndarray:
+    """Marker watershed (OpenCV's, ~10x faster than scikit-image's on large frames), tile by tile.
 
     OpenCV floods in order of the grey-level step between neighbouring pixels, so boundaries settle
     where the (lightly smoothed) image changes fastest, like a watershed on the gradient magnitude.
-    Its cost grows with the number of unseeded pixels (see :func:`_seeds`). Returns ``seeds``-style
-    uint8 labels; 0 on the one-pixel watershed lines, where no seed reached and outside the valid region.
+    Its cost grows with the number of unseeded pixels (see :func:`_seeds`), and on a whole large frame
+    its queues jump across the frame: tiles of ``tile_px`` that fit the CPU cache run ~4x faster. Each
+    tile is flooded with a ``margin_px`` border of context and only its core kept; the unseeded pixels
+    form bands a few pixels wide, so no flood reaches a core from farther than the margin. Returns
+    ``seeds``-style uint8 labels; 0 on the one-pixel watershed lines, where no seed reached and outside
+    the valid region.
     """
     sm = cv2.GaussianBlur(smooth, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT) if sigma_px > 0 else smooth
-    lo, hi = np.quantile(sm.reshape(-1)[_sample_index(mask)], [0.001, 0.999])
+    # (50,000 pixels put the 0.1 % tails within a grey level or two: only the step order matters)
+    lo, hi = np.quantile(sm.reshape(-1)[_sample_index(mask, 50_000)], [0.001, 0.999])
     scale = 255.0 / max(hi - lo, 1e-6)
-    grey = sm * np.float32(scale)
-    grey -= np.float32(lo * scale)
-    grey = np.clip(grey, 0, 255, out=grey).astype(np.uint8)
-    markers = seeds.astype(np.int32)
     outside = int(seeds.max()) + 1
-    markers[~mask] = outside
-    cv2.watershed(cv2.merge([grey, grey, grey]), markers)
-    # lines (-1) and the outside label become 0
-    markers[markers == outside] = 0
-    return np.clip(markers, 0, None, out=markers).astype(np.uint8)
+    h, w = seeds.shape
+    out = np.empty((h, w), np.uint8)
+    # every step tile by tile, so the work arrays stay in cache
+    for y0 in range(0, h, tile_px):
+        for x0 in range(0, w, tile_px):
+            ya, xa = max(y0 - margin_px, 0), max(x0 - margin_px, 0)
+            window = np.s_[ya : min(y0 + tile_px + margin_px, h), xa : min(x0 + tile_px + margin_px, w)]
+            grey = sm[window] * np.float32(scale)
+            grey -= np.float32(lo * scale)
+            grey = np.clip(grey, 0, 255, out=grey).astype(np.uint8)
+            markers = seeds[window].astype(np.int32)
+            markers[~mask[window]] = outside
+            cv2.watershed(cv2.merge([grey, grey, grey]), markers)
+            core = markers[y0 - ya : y0 - ya + tile_px, x0 - xa : x0 - xa + tile_px]
+            # lines (-1) and the outside label become 0
+            core[core == outside] = 0
+            out[y0 : y0 + tile_px, x0 : x0 + tile_px] = np.clip(core, 0, None)
+    return out
 
 
 def _assign_lines(labels: np.ndarray, image: np.ndarray, medians: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -996,25 +1019,36 @@ def _assign_lines(labels: np.ndarray, image: np.ndarray, medians: np.ndarray, ma
     class median (``medians``, in the units of ``image``, by rank) its intensity is closer to (its own
     intensity class would draw a thin ring of an intermediate phase along every boundary). Works in
     place on the uint8 ``labels``."""
-    lines = mask & (labels == 0)
-    if not lines.any():
+    lines = labels == 0
+    lines &= mask
+    flat = np.flatnonzero(lines)
+    if flat.size == 0:
         return labels
-    # the lines are a small share of the frame: decide only there
-    rows, cols = np.nonzero(lines)
-    kernel = np.ones((3, 3), np.uint8)
-    brighter = cv2.dilate(labels, kernel)[rows, cols].astype(np.intp)
-    none = np.uint8(255)
-    darker = cv2.erode(np.where(labels > 0, labels, none), kernel)[rows, cols].astype(np.intp)
+    # the lines are a small share of the frame: read only their 3x3 neighbourhoods (a zero border
+    # stands for "no region", like the unlabelled pixels)
+    width = labels.shape[1] + 2
+    padded = cv2.copyMakeBorder(labels, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0).reshape(-1)
+    centre = flat + 2 * (flat // labels.shape[1]) + width + 1
+    brighter = np.zeros(flat.size, np.uint8)
+    darker = np.full(flat.size, 255, np.uint8)
+    for offset in (-width - 1, -width, -width + 1, -1, 1, width - 1, width, width + 1):
+        value = padded[centre + offset]
+        np.maximum(brighter, value, out=brighter)
+        value[value == 0] = 255
+        np.minimum(darker, value, out=darker)
     has_dark = darker <= len(medians)
     has_bright = brighter > 0
     med = np.concatenate([[np.nan], medians])
-    value = image[rows, cols]
+    value = image.reshape(-1)[flat]
     d_dark = np.abs(value - med[np.where(has_dark, darker, 0)])
     d_bright = np.abs(value - med[brighter])
     pick = np.where(has_dark & (~has_bright | (d_dark <= d_bright)), darker, brighter)
     fill = has_dark | has_bright
-    labels[rows[fill], cols[fill]] = pick[fill]
+    labels.reshape(-1)[flat[fill]] = pick[fill]
     return labels
+
+
+_FLOAT32_LOWEST, _FLOAT32_HIGHEST = float(np.finfo(np.float32).min), float(np.finfo(np.float32).max)
 
 
 def _seeds(prep, ranks, n, seed_fraction, blob_sigma_px, blob_contrast, thresholds, band_px):
@@ -1022,10 +1056,10 @@ def _seeds(prep, ranks, n, seed_fraction, blob_sigma_px, blob_contrast, threshol
     compact dark blobs. ``thresholds`` are the class boundaries in image units; see
     :func:`segment_frame` for ``band_px``."""
     smooth = prep.smooth
-    idx = _sample_index(prep.calm, 200_000)
+    idx = _sample_index(prep.calm, 50_000)  # enough for the class quantiles, a quarter of the sorting
     flat_v = smooth.reshape(-1)[idx]
     flat_r = ranks.reshape(-1)[idx]
-    inside = np.zeros(smooth.shape, bool)
+    inside = np.zeros(smooth.shape, np.uint8)
     for k in range(n):
         vals = flat_v[flat_r == k]
         if vals.size == 0:
@@ -1038,14 +1072,16 @@ def _seeds(prep, ranks, n, seed_fraction, blob_sigma_px, blob_contrast, threshol
             lo, hi = np.quantile(vals, 1 - seed_fraction), np.inf
         else:
             lo, hi = np.quantile(vals, [0.5 - seed_fraction / 2, 0.5 + seed_fraction / 2])
-        # boolean work arrays only (a quarter of a float frame each)
-        sel = ranks == k
-        if lo > -np.inf:
-            sel &= smooth >= np.float32(lo)
-        if hi < np.inf:
-            sel &= smooth <= np.float32(hi)
-        inside |= sel
-    inside &= prep.calm
+        # class k is thresholds[k - 1] <= v < thresholds[k]: one interval of grey levels, selected in
+        # one pass (inRange is inclusive at both ends; the largest float32 below a threshold stands
+        # for "below it")
+        if k > 0:
+            lo = max(lo, np.float32(thresholds[k - 1]))
+        if k < n - 1:
+            hi = min(hi, np.nextafter(np.float32(thresholds[k]), np.float32(-np.inf)))
+        lo, hi = max(lo, _FLOAT32_LOWEST), min(hi, _FLOAT32_HIGHEST)
+        cv2.bitwise_or(inside, cv2.inRange(smooth, float(np.float32(lo)), float(np.float32(hi))), dst=inside)
+    inside = cv2.bitwise_and(inside, prep.calm.view(np.uint8)).view(bool)  # 0/1: a valid boolean array
     deep = None
     if blob_sigma_px > 0 and blob_contrast > 0:
         # compact dark blobs: darker than their surroundings by blob_contrast noise SDs
@@ -1088,11 +1124,11 @@ def _seeds(prep, ranks, n, seed_fraction, blob_sigma_px, blob_contrast, threshol
         # pore's core into the Na3PO4 grey, so the core's class comes from the lightly smoothed raw
         # image, which the beam blur alone leaves near the true level.
         deep &= prep.mask
-        rows, cols = np.nonzero(deep)
+        flat = np.flatnonzero(deep)
         del deep
-        core = smooth[rows, cols] <= cv2.erode(smooth, np.ones((3, 3), np.uint8))[rows, cols]
-        rows, cols = rows[core], cols[core]
-        seeds[rows, cols] = np.digitize(_raw_level(prep, rows, cols), thresholds) + 1
+        flat = flat[smooth.reshape(-1)[flat] <= cv2.erode(smooth, np.ones((3, 3), np.uint8)).reshape(-1)[flat]]
+        rows, cols = np.divmod(flat, smooth.shape[1])
+        seeds.reshape(-1)[flat] = np.digitize(_raw_level(prep, rows, cols), thresholds) + 1
     seeds[~prep.mask] = 0
     return seeds
 
@@ -1159,11 +1195,13 @@ def _thin_lines_to_darkest(labels: np.ndarray, mask: np.ndarray, n: int, half_wi
         if not region.any():
             continue
         count, comp = cv2.connectedComponents(region.view(np.uint8), connectivity=8)
-        thick = cv2.distanceTransform(region.view(np.uint8), cv2.DIST_L2, 3) > half_width_px
+        thick = cv2.distanceTransform(region.view(np.uint8), cv2.DIST_L2, 3)
+        # the class is a small share of the frame: decide only on its pixels
+        flat = np.flatnonzero(region)
+        comp = comp.reshape(-1)[flat]
         has_thick = np.zeros(count, bool)
-        has_thick[comp[thick]] = True
-        has_thick[0] = True
-        labels[~has_thick[comp]] = 0
+        has_thick[comp[thick.reshape(-1)[flat] > half_width_px]] = True
+        labels.reshape(-1)[flat[~has_thick[comp]]] = 0
     return labels
 
 
@@ -1188,25 +1226,26 @@ def _remove_specks(labels: np.ndarray, mask: np.ndarray, min_px: int) -> np.ndar
     regions = label(np.where(mask, labels, np.uint8(255)), background=255, connectivity=1)
     small = np.bincount(regions.reshape(-1)) < min_px
     small[0] = False
-    specks = small[regions]
+    if not small.any():
+        return labels
+    flat = np.flatnonzero(small[regions])
     del regions
-    rows, cols = np.nonzero(specks)
-    if rows.size == 0 or rows.size == np.count_nonzero(mask):
+    if flat.size == np.count_nonzero(mask):
         return labels
     # grow the surrounding phases into the specks (they are a few pixels across)
     filled = labels + np.uint8(1)
-    filled[specks] = 0
     filled[~mask] = 0
+    filled_flat = filled.reshape(-1)
+    filled_flat[flat] = 0
     kernel = np.ones((3, 3), np.uint8)
     for _ in range(int(np.ceil(np.sqrt(min_px))) + 2):
-        todo = filled[rows, cols] == 0
-        if not todo.any():
+        todo = flat[filled_flat[flat] == 0]
+        if todo.size == 0:
             break
-        r, c = rows[todo], cols[todo]
-        filled[r, c] = cv2.dilate(filled, kernel)[r, c]
-    value = filled[rows, cols]
+        filled_flat[todo] = cv2.dilate(filled, kernel).reshape(-1)[todo]
+    value = filled_flat[flat]
     done = value > 0
-    labels[rows[done], cols[done]] = value[done] - 1
+    labels.reshape(-1)[flat[done]] = value[done] - 1
     return labels
 
 
