@@ -937,7 +937,10 @@ def segment_frame(
         ranks += prep.smooth >= np.float32(t)  # = np.digitize(u, thresholds)
 
     seeds = _seeds(prep, ranks, n, seed_fraction, blob_sigma_px, blob_contrast, thresholds_img, int(boundary_band_px))
-    labels = _flood(prep.smooth, prep.mask, seeds, gradient_sigma_px)
+    # tiles are exact only while every unseeded stretch is narrower than their margin: with no
+    # band (boundary_band_px=0) whole regions may be unseeded, so flood the frame in one piece
+    tile_px = 512 if boundary_band_px > 0 else max(prep.smooth.shape)
+    labels = _flood(prep.smooth, prep.mask, seeds, gradient_sigma_px, tile_px=tile_px)
     del seeds
     labels = _assign_lines(labels, prep.smooth, a + b * np.asarray(model.medians), prep.mask)
     # parts of the region that no seed reaches keep their pixel-wise class
