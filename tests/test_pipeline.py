@@ -15,18 +15,46 @@ from semtrack.io import sha256_file
 from semtrack.pipeline import run
 
 FRAME_COLUMNS = [
-    "frame", "file", "time_h", "dx_px", "dy_px", "rotation_deg", "scale", "reg_score", "frac_pore",
-    "frac_glass", "frac_nasicon", "frac_na3po4", "glass_fraction", "n_islands", "na3po4_area_um2",
-    "grain_count", "grain_ecd_mean_um", "grain_ecd_median_um", "pixel_size_um",
-    "frac_glass_ci_low", "frac_glass_ci_high", "glass_fraction_ci_low", "glass_fraction_ci_high",
+    "frame",
+    "file",
+    "time_h",
+    "dx_px",
+    "dy_px",
+    "rotation_deg",
+    "scale",
+    "reg_score",
+    "frac_pore",
+    "frac_glass",
+    "frac_nasicon",
+    "frac_na3po4",
+    "glass_fraction",
+    "n_islands",
+    "na3po4_area_um2",
+    "grain_count",
+    "grain_ecd_mean_um",
+    "grain_ecd_median_um",
+    "pixel_size_um",
+    "frac_glass_ci_low",
+    "frac_glass_ci_high",
+    "glass_fraction_ci_low",
+    "glass_fraction_ci_high",
 ]
 
 
 def test_every_contract_file_is_written(pipeline_output, synth_series):
     result, out = pipeline_output
     n = len(synth_series.images)
-    for name in ["frames.csv", "transforms.json", "grains.csv", "islands.csv", "events.csv", "intervals.csv",
-                 "kinetics.json", "run.json", "report.html"]:
+    for name in [
+        "frames.csv",
+        "transforms.json",
+        "grains.csv",
+        "islands.csv",
+        "events.csv",
+        "intervals.csv",
+        "kinetics.json",
+        "run.json",
+        "report.html",
+    ]:
         assert (out / name).is_file(), name
     for i in range(n):
         assert (out / "labels" / f"phases_{i:03d}.tif").is_file()
@@ -62,7 +90,7 @@ def test_phase_maps_follow_the_contract_and_the_truth(pipeline_output, synth_ser
         phases = tifffile.imread(out / "labels" / f"phases_{i:03d}.tif")
         assert phases.shape == ref_shape and phases.dtype == np.uint8
         assert set(np.unique(phases)) <= {0, 1, 2, 3, OUTSIDE}
-        assert (phases[-synth_series.info_bar_rows:] == OUTSIDE).all()
+        assert (phases[-synth_series.info_bar_rows :] == OUTSIDE).all()
         inside = phases != OUTSIDE
         true = synth_series.phases_ref[i]
         both = inside & (true != OUTSIDE)

@@ -188,9 +188,7 @@ def test_coalescence_gets_a_new_id_with_all_parents(n_parents):
     assert ev.iloc[0].islands_before == ";".join(str(i) for i in range(1, n_parents + 1))
     assert ev.iloc[0].islands_after == str(child)
     assert lineage.graph == {child: list(range(1, n_parents + 1))}
-    assert (ev.iloc[0].x_px, ev.iloc[0].y_px) == pytest.approx(
-        ((1 + 11 + 12 * (n_parents - 1) - 1) / 2, 7.0)
-    )
+    assert (ev.iloc[0].x_px, ev.iloc[0].y_px) == pytest.approx(((1 + 11 + 12 * (n_parents - 1) - 1) / 2, 7.0))
     assert np.unique(maps[1]).tolist() == [0, child]
     assert lineage.islands.query("frame == 0")["fate"].eq("coalesced").all()
 
@@ -515,10 +513,23 @@ def _events(rows):
 
 
 def test_score_events_matches_by_type_frame_pair_and_distance():
-    true = _events([(0, 1, "formation", 10, 10), (0, 1, "formation", 12, 10), (1, 2, "dissolution", 50, 50),
-                    (0, 1, "split", 30, 30)])
-    pred = _events([(0, 1, "formation", 11, 10), (0, 1, "formation", 11.5, 10), (0, 1, "formation", 11, 11),
-                    (0, 1, "dissolution", 50, 50), (0, 1, "coalescence", 30, 30)])
+    true = _events(
+        [
+            (0, 1, "formation", 10, 10),
+            (0, 1, "formation", 12, 10),
+            (1, 2, "dissolution", 50, 50),
+            (0, 1, "split", 30, 30),
+        ]
+    )
+    pred = _events(
+        [
+            (0, 1, "formation", 11, 10),
+            (0, 1, "formation", 11.5, 10),
+            (0, 1, "formation", 11, 11),
+            (0, 1, "dissolution", 50, 50),
+            (0, 1, "coalescence", 30, 30),
+        ]
+    )
     s = score_events(pred, true, max_distance_px=2).set_index("event")
     assert s.loc["formation", ["tp", "fp", "fn"]].tolist() == [2, 1, 0]
     assert s.loc["dissolution", ["tp", "fp", "fn"]].tolist() == [0, 1, 1]  # wrong frame pair
@@ -555,6 +566,7 @@ def test_linking_metrics_counts_broken_links():
 @pytest.mark.parametrize("seed", [0, 3])
 def test_synthetic_series_events_and_counts_match_truth(seed):
     from semtrack import synth
+
     s = synth.make_series(shape=(256, 320), n_frames=4, seed=seed, n_islands=12)
     region = s.analysed_region()
     labels = [label_islands(p, pixel_size_um=s.pixel_size_um) for p in s.phases_ref]

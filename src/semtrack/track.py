@@ -130,9 +130,7 @@ def _length_scale(pixel_size_um: float | None) -> float:
     if pixel_size_um is None:
         return 1.0
     if not np.isfinite(pixel_size_um) or pixel_size_um <= 0:
-        raise ValueError(
-            f"`pixel_size_um` must be a positive number or None (uncalibrated), got {pixel_size_um!r}"
-        )
+        raise ValueError(f"`pixel_size_um` must be a positive number or None (uncalibrated), got {pixel_size_um!r}")
     return float(pixel_size_um)
 
 
@@ -543,9 +541,10 @@ class IslandTracker:
             islands = pd.DataFrame({k: np.concatenate([r[k] for r in self._island_rows]) for k in ISLAND_COLUMNS})
         else:
             islands = pd.DataFrame({k: pd.Series(dtype=object) for k in ISLAND_COLUMNS})
-        islands = islands.astype({"frame": np.int64, "island_id": np.int64, "area_px": np.int64,
-                                  "touches_border": bool})
-        events = (pd.concat(self._event_rows, ignore_index=True) if self._event_rows else _empty_events())
+        islands = islands.astype(
+            {"frame": np.int64, "island_id": np.int64, "area_px": np.int64, "touches_border": bool}
+        )
+        events = pd.concat(self._event_rows, ignore_index=True) if self._event_rows else _empty_events()
         frames = pd.DataFrame(self._frame_rows)
         intervals = pd.DataFrame(self._interval_rows)
         return Lineage(
@@ -656,8 +655,10 @@ class IslandTracker:
         pa, pb, pc = [], [], []
         for a in np.flatnonzero(lonely_a):
             r0, r1, c0, c1 = prev.bbox[:, a]
-            win = (slice(max(r0 - radius, 0), min(r1 + radius + 1, rows)),
-                   slice(max(c0 - radius, 0), min(c1 + radius + 1, cols)))
+            win = (
+                slice(max(r0 - radius, 0), min(r1 + radius + 1, rows)),
+                slice(max(c0 - radius, 0), min(c1 + radius + 1, cols)),
+            )
             grown = cv2.dilate((prev.labels[win] == a).view(np.uint8), kernel).view(bool)
             near = cur.labels[win][grown]
             near = near[lonely_b[near]]
@@ -747,9 +748,7 @@ class IslandTracker:
         reorg_b = np.zeros(nb + 1, bool)
         if oa.size:
             nodes = na + 1 + nb + 1
-            graph = sparse.coo_matrix(
-                (np.ones(oa.size), (oa, na + 1 + ob)), shape=(nodes, nodes)
-            ).tocsr()
+            graph = sparse.coo_matrix((np.ones(oa.size), (oa, na + 1 + ob)), shape=(nodes, nodes)).tocsr()
             _, comp = csgraph.connected_components(graph, directed=False)
             ua = np.unique(oa)
             ub = np.unique(ob)
@@ -759,9 +758,7 @@ class IslandTracker:
             reorg_a[ua] = nm[comp[ua]]
             reorg_b[ub] = nm[comp[na + 1 + ub]]
 
-        self._event_rows.append(
-            self._events(prev, cur, ea, eb, origin, fate, children_parents, reorg_a, reorg_b)
-        )
+        self._event_rows.append(self._events(prev, cur, ea, eb, origin, fate, children_parents, reorg_a, reorg_b))
         self._interval_rows.append(self._pixel_changes(prev, cur, persisted_px))
         return origin[1:], parents
 
@@ -782,25 +779,64 @@ class IslandTracker:
             rows["reorganisation"].append(bool(reorg))
 
         for b in np.flatnonzero((origin == "formed") | (origin == "entered_region")):
-            add(origin[b] if origin[b] == "entered_region" else "formation", cur.x_px[b], cur.y_px[b], "",
-                str(int(cur.ids[b])), cur.area_px[b], 0, cur.area_px[b], cur.touches[b], False)
+            add(
+                origin[b] if origin[b] == "entered_region" else "formation",
+                cur.x_px[b],
+                cur.y_px[b],
+                "",
+                str(int(cur.ids[b])),
+                cur.area_px[b],
+                0,
+                cur.area_px[b],
+                cur.touches[b],
+                False,
+            )
         lookup_a = {int(i): k for k, i in enumerate(prev.ids)}
         for b in np.flatnonzero(origin == "coalesced"):
             pids = children_parents[int(b)]
             pa = np.array([lookup_a[int(p)] for p in pids])
-            add("coalescence", cur.x_px[b], cur.y_px[b], _join(pids), str(int(cur.ids[b])), cur.area_px[b],
-                prev.area_px[pa].sum(), cur.area_px[b], cur.touches[b] or prev.touches[pa].any(), reorg_b[b])
+            add(
+                "coalescence",
+                cur.x_px[b],
+                cur.y_px[b],
+                _join(pids),
+                str(int(cur.ids[b])),
+                cur.area_px[b],
+                prev.area_px[pa].sum(),
+                cur.area_px[b],
+                cur.touches[b] or prev.touches[pa].any(),
+                reorg_b[b],
+            )
         if ea.size:
             order = np.lexsort((cur.ids[eb], ea))
             sa, sb = ea[order], eb[order]
             for a in np.flatnonzero(fate == "split"):
                 kids = sb[sa == a]
-                add("split", prev.x_px[a], prev.y_px[a], str(int(prev.ids[a])), _join(cur.ids[kids]),
-                    prev.area_px[a], prev.area_px[a], cur.area_px[kids].sum(),
-                    prev.touches[a] or cur.touches[kids].any(), reorg_a[a])
+                add(
+                    "split",
+                    prev.x_px[a],
+                    prev.y_px[a],
+                    str(int(prev.ids[a])),
+                    _join(cur.ids[kids]),
+                    prev.area_px[a],
+                    prev.area_px[a],
+                    cur.area_px[kids].sum(),
+                    prev.touches[a] or cur.touches[kids].any(),
+                    reorg_a[a],
+                )
         for a in np.flatnonzero((fate == "dissolved") | (fate == "left_region")):
-            add("dissolution" if fate[a] == "dissolved" else "left_region", prev.x_px[a], prev.y_px[a],
-                str(int(prev.ids[a])), "", prev.area_px[a], prev.area_px[a], 0, prev.touches[a], False)
+            add(
+                "dissolution" if fate[a] == "dissolved" else "left_region",
+                prev.x_px[a],
+                prev.y_px[a],
+                str(int(prev.ids[a])),
+                "",
+                prev.area_px[a],
+                prev.area_px[a],
+                0,
+                prev.touches[a],
+                False,
+            )
 
         n = len(rows["event"])
         rows["frame_from"] = [prev.index] * n
@@ -1105,14 +1141,21 @@ def _fit_jmak(t: np.ndarray, f: np.ndarray, free_fmax: bool) -> tuple[float, flo
                 if free_fmax:
                     p, _ = optimize.curve_fit(
                         lambda tt, lk, n, fm: _jmak(tt, np.exp(lk), n, fm),
-                        t, f, p0=(-np.log(t_half), n0, f0),
-                        bounds=([-30, 0.1, f_top * 0.5], [10, 6, 1.0]), maxfev=5000,
+                        t,
+                        f,
+                        p0=(-np.log(t_half), n0, f0),
+                        bounds=([-30, 0.1, f_top * 0.5], [10, 6, 1.0]),
+                        maxfev=5000,
                     )
                     k, n, fm = float(np.exp(p[0])), float(p[1]), float(p[2])
                 else:
                     p, _ = optimize.curve_fit(
                         lambda tt, lk, n: _jmak(tt, np.exp(lk), n, 1.0),
-                        t, f, p0=(-np.log(t_half) - 3, n0), bounds=([-40, 0.1], [10, 6]), maxfev=5000,
+                        t,
+                        f,
+                        p0=(-np.log(t_half) - 3, n0),
+                        bounds=([-40, 0.1], [10, 6]),
+                        maxfev=5000,
                     )
                     k, n, fm = float(np.exp(p[0])), float(p[1]), 1.0
             except (RuntimeError, ValueError):
@@ -1204,14 +1247,16 @@ def fit_kinetics(
             out.update(k_per_h=k, n=n, f_max=fm, r2=_r2(f_ok, _jmak(t_ok, k, n, fm), n_params))
             out["jmak_fitted"] = "k, n, f_max" if free_fmax else "k, n (f_max fixed at 1)"
             out["jmak_note"] = (
-                "fitted" if free_fmax else
-                f"f_max fixed at 1: {t_ok.size} frames ({n_pos} with islands) cannot separate saturation from rate"
+                "fitted"
+                if free_fmax
+                else f"f_max fixed at 1: {t_ok.size} frames ({n_pos} with islands) cannot separate saturation from rate"
             )
             if not np.isfinite(out["r2"]):
                 out["jmak_note"] += "; exact fit (no more frames than parameters), r2 undefined"
 
-    out.update(size_model="A = a * t^p", size_prefactor_um2=float("nan"), size_exponent=float("nan"),
-               size_r2=float("nan"))
+    out.update(
+        size_model="A = a * t^p", size_prefactor_um2=float("nan"), size_exponent=float("nan"), size_r2=float("nan")
+    )
     if mean_island_area_um2 is None:
         out["size_note"] = "not given"
         return out
@@ -1224,8 +1269,11 @@ def fit_kinetics(
         return out
     x, y = np.log(t[use]), np.log(a[use])
     slope, intercept = np.polyfit(x, y, 1)
-    out.update(size_prefactor_um2=float(np.exp(intercept)), size_exponent=float(slope),
-               size_r2=_r2(y, intercept + slope * x, 2))
+    out.update(
+        size_prefactor_um2=float(np.exp(intercept)),
+        size_exponent=float(slope),
+        size_r2=_r2(y, intercept + slope * x, 2),
+    )
     out["size_note"] = "fitted" if use.sum() > 2 else "exact fit through 2 frames, r2 undefined"
     return out
 
@@ -1342,9 +1390,14 @@ def event_map(
     after_edge = _outline(after)
     rgb[after_edge] = _OUTLINE_RGB
     ev = events_interval
-    ids_of = {kind: [i for s in ev.loc[ev["event"] == kind, col] for i in _split_ids(s)]
-              for kind, col in (("dissolution", "islands_before"), ("coalescence", "islands_after"),
-                                ("split", "islands_after"))}
+    ids_of = {
+        kind: [i for s in ev.loc[ev["event"] == kind, col] for i in _split_ids(s)]
+        for kind, col in (
+            ("dissolution", "islands_before"),
+            ("coalescence", "islands_after"),
+            ("split", "islands_after"),
+        )
+    }
     # The outline of some islands is their part of the outline of all: a neighbour that is another
     # island is a boundary either way.
     if ids_of["dissolution"]:
@@ -1353,8 +1406,12 @@ def event_map(
         if ids_of[kind]:
             rgb[after_edge & _member(after, ids_of[kind])] = EVENT_STYLE[kind][0]
 
-    markers = {"square": cv2.MARKER_SQUARE, "diamond": cv2.MARKER_DIAMOND, "x": cv2.MARKER_TILTED_CROSS,
-               "triangle": cv2.MARKER_TRIANGLE_UP}
+    markers = {
+        "square": cv2.MARKER_SQUARE,
+        "diamond": cv2.MARKER_DIAMOND,
+        "x": cv2.MARKER_TILTED_CROSS,
+        "triangle": cv2.MARKER_TRIANGLE_UP,
+    }
     for row in ev.itertuples(index=False):
         if row.event not in EVENT_STYLE or not (np.isfinite(row.x_px) and np.isfinite(row.y_px)):
             continue
@@ -1382,14 +1439,20 @@ def _legend(rgb: np.ndarray, ev: pd.DataFrame, thick: int, cv2) -> None:
     # The corner hiding the fewest events holds the legend.
     corners = [(4, 4), (W - bw - 4, 4), (4, H - bh - 4), (W - bw - 4, H - bh - 4)]
     xs, ys = ev["x_px"].to_numpy(float), ev["y_px"].to_numpy(float)
-    hidden = [int(np.sum((xs >= cx - step) & (xs < cx + bw + step) & (ys >= cy - step) & (ys < cy + bh + step)))
-              for cx, cy in corners]
+    hidden = [
+        int(np.sum((xs >= cx - step) & (xs < cx + bw + step) & (ys >= cy - step) & (ys < cy + bh + step)))
+        for cx, cy in corners
+    ]
     x0, y0 = (max(v, 0) for v in corners[int(np.argmin(hidden))])
     box = (x0 + bw, y0 + bh)
-    sub = rgb[y0:box[1], x0:box[0]]
+    sub = rgb[y0 : box[1], x0 : box[0]]
     sub[:] = (sub * 0.35).astype(np.uint8)  # darken, keep the image faintly visible
-    markers = {"square": cv2.MARKER_SQUARE, "diamond": cv2.MARKER_DIAMOND, "x": cv2.MARKER_TILTED_CROSS,
-               "triangle": cv2.MARKER_TRIANGLE_UP}
+    markers = {
+        "square": cv2.MARKER_SQUARE,
+        "diamond": cv2.MARKER_DIAMOND,
+        "x": cv2.MARKER_TILTED_CROSS,
+        "triangle": cv2.MARKER_TRIANGLE_UP,
+    }
     for i, (kind, text) in enumerate(lines):
         colour, shape = EVENT_STYLE[kind]
         cy = y0 + 3 + step * i + step // 2
@@ -1398,8 +1461,16 @@ def _legend(rgb: np.ndarray, ev: pd.DataFrame, thick: int, cv2) -> None:
             cv2.circle(rgb, (cx, cy), max(2, step // 3), colour, thick, cv2.LINE_AA)
         else:
             cv2.drawMarker(rgb, (cx, cy), colour, markers[shape], max(4, 2 * step // 3), thick, cv2.LINE_AA)
-        cv2.putText(rgb, text, (cx + step // 2 + 4, cy + h // 2), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
-                    (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(
+            rgb,
+            text,
+            (cx + step // 2 + 4, cy + h // 2),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            font_scale,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -1515,13 +1586,20 @@ def write_geff(lineage: Lineage, path: str | Path) -> Path:
     space = {"unit": "pixel"} if scale is None else {"unit": "pixel", "scale": scale, "scaled_unit": "micrometer"}
     metadata = GeffMetadata(
         directed=True,
-        axes=[Axis(name="t", type="time", unit="frame"), Axis(name="y", type="space", **space),
-              Axis(name="x", type="space", **space)],
+        axes=[
+            Axis(name="t", type="time", unit="frame"),
+            Axis(name="y", type="space", **space),
+            Axis(name="x", type="space", **space),
+        ],
         node_props_metadata={},
         edge_props_metadata={},
         track_node_props={"tracklet": "island_id"},
-        extra={"semtrack": {"edge_kind_codes": GEFF_EDGE_KINDS,
-                            "frame_times_h": [float(t) for t in lineage.frames.get("time_h", [])]}},
+        extra={
+            "semtrack": {
+                "edge_kind_codes": GEFF_EDGE_KINDS,
+                "frame_times_h": [float(t) for t in lineage.frames.get("time_h", [])],
+            }
+        },
     )
     try:
         write_arrays(path, node_ids, node_props, edges, edge_props, metadata, overwrite=True)
@@ -1545,9 +1623,7 @@ def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
     return p, r, f1
 
 
-def score_events(
-    predicted_events: pd.DataFrame, true_events: pd.DataFrame, *, max_distance_px: float
-) -> pd.DataFrame:
+def score_events(predicted_events: pd.DataFrame, true_events: pd.DataFrame, *, max_distance_px: float) -> pd.DataFrame:
     """Precision, recall and F1 of detected events, per event type.
 
     A predicted event matches a true one of the same type, the same
@@ -1614,8 +1690,7 @@ def score_events(
     main = [r for r in rows if r[0] in EVENT_TYPES]
     tp, fp, fn = (sum(r[i] for r in main) for i in (3, 4, 5))
     rows.append(("all", sum(r[1] for r in main), sum(r[2] for r in main), tp, fp, fn, *_prf(tp, fp, fn)))
-    return pd.DataFrame(rows, columns=["event", "n_true", "n_predicted", "tp", "fp", "fn", "precision",
-                                       "recall", "f1"])
+    return pd.DataFrame(rows, columns=["event", "n_true", "n_predicted", "tp", "fp", "fn", "precision", "recall", "f1"])
 
 
 def area_balance(islands: pd.DataFrame, events: pd.DataFrame, *, rtol: float = 1e-9) -> pd.DataFrame:
@@ -1652,10 +1727,12 @@ def area_balance(islands: pd.DataFrame, events: pd.DataFrame, *, rtol: float = 1
     >>> area_balance(lin.islands, lin.events)[["dissolved_um2", "residual_before_um2", "balanced"]].to_dict("records")
     [{'dissolved_um2': 4.0, 'residual_before_um2': 0.0, 'balanced': True}]
     """
-    frames = sorted(set(islands["frame"].astype(int)) | set(events["frame_from"].astype(int))
-                    | set(events["frame_to"].astype(int)))
-    area_of = {(int(f), int(i)): float(a) for f, i, a in zip(islands["frame"], islands["island_id"],
-                                                             islands["area_um2"])}
+    frames = sorted(
+        set(islands["frame"].astype(int)) | set(events["frame_from"].astype(int)) | set(events["frame_to"].astype(int))
+    )
+    area_of = {
+        (int(f), int(i)): float(a) for f, i, a in zip(islands["frame"], islands["island_id"], islands["area_um2"])
+    }
     rows = []
     for f, g in zip(frames[:-1], frames[1:]):
         before = islands.loc[islands["frame"] == f]
@@ -1688,16 +1765,30 @@ def area_balance(islands: pd.DataFrame, events: pd.DataFrame, *, rtol: float = 1
             "formed_um2": event_area("formation", "islands_after", g),
             "entered_region_um2": event_area("entered_region", "islands_after", g),
         }
-        row["residual_before_um2"] = (row["area_before_um2"] - row["continued_before_um2"]
-                                      - row["dissolved_um2"] - row["left_region_um2"])
-        row["residual_after_um2"] = (row["area_after_um2"] - row["continued_after_um2"]
-                                     - row["formed_um2"] - row["entered_region_um2"])
+        row["residual_before_um2"] = (
+            row["area_before_um2"] - row["continued_before_um2"] - row["dissolved_um2"] - row["left_region_um2"]
+        )
+        row["residual_after_um2"] = (
+            row["area_after_um2"] - row["continued_after_um2"] - row["formed_um2"] - row["entered_region_um2"]
+        )
         tol = rtol * max(row["area_before_um2"], row["area_after_um2"], 1.0)
         row["balanced"] = abs(row["residual_before_um2"]) <= tol and abs(row["residual_after_um2"]) <= tol
         rows.append(row)
-    columns = ["frame_from", "frame_to", "area_before_um2", "continued_before_um2", "dissolved_um2",
-               "left_region_um2", "residual_before_um2", "area_after_um2", "continued_after_um2", "formed_um2",
-               "entered_region_um2", "residual_after_um2", "balanced"]
+    columns = [
+        "frame_from",
+        "frame_to",
+        "area_before_um2",
+        "continued_before_um2",
+        "dissolved_um2",
+        "left_region_um2",
+        "residual_before_um2",
+        "area_after_um2",
+        "continued_after_um2",
+        "formed_um2",
+        "entered_region_um2",
+        "residual_after_um2",
+        "balanced",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -1776,8 +1867,13 @@ def linking_metrics(
         present_p.append(pids)
         hits = pd.Series(list(m.values())).value_counts() if m else pd.Series(dtype=int)
         one_to_one = int((hits == 1).sum())
-        det = [det[0] + len(tids), det[1] + len(pids), det[2] + one_to_one,
-               det[3] + len(pids) - one_to_one, det[4] + len(tids) - one_to_one]
+        det = [
+            det[0] + len(tids),
+            det[1] + len(pids),
+            det[2] + one_to_one,
+            det[3] + len(pids) - one_to_one,
+            det[4] + len(tids) - one_to_one,
+        ]
 
     def links_from_ids(present):
         return {(k, i, i) for k in range(len(present) - 1) for i in present[k] & present[k + 1]}
@@ -1818,5 +1914,6 @@ def linking_metrics(
         all_t |= lin_t
         all_p |= lin_p
     rows.append(["links", *score(all_t, all_p)])
-    return pd.DataFrame(rows, columns=["kind", "n_true", "n_predicted", "tp", "fp", "fn", "precision",
-                                       "recall", "f1", "score"])
+    return pd.DataFrame(
+        rows, columns=["kind", "n_true", "n_predicted", "tp", "fp", "fn", "precision", "recall", "f1", "score"]
+    )
