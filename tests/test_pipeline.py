@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
 
+from semtrack import track
 from semtrack.config import OUTSIDE, Config
 from semtrack.io import sha256_file
 from semtrack.pipeline import run
@@ -117,6 +119,22 @@ def test_islands_and_events_are_consistent_with_the_maps(pipeline_output, synth_
     assert set(events["event"]) <= {"formation", "coalescence", "split", "dissolution"}
     assert len(events) > 0
     assert set(events["frame_to"] - events["frame_from"]) == {1}
+
+
+def test_event_maps_draw_each_interval_on_the_written_maps(pipeline_output):
+    result, out = pipeline_output
+    events = result.events
+    for i in range(1, len(result.frames)):
+        preview = cv2.imread(str(out / "previews" / f"frame_{i:03d}.png"), cv2.IMREAD_GRAYSCALE)
+        expected = track.event_map(
+            np.where(result.region, preview, np.uint8(0)),
+            tifffile.imread(out / "labels" / f"islands_{i - 1:03d}.tif"),
+            tifffile.imread(out / "labels" / f"islands_{i:03d}.tif"),
+            events[(events["frame_from"] == i - 1) & (events["frame_to"] == i)],
+            pixel_size_um=result.series.pixel_size_um,
+        )
+        drawn = cv2.imread(str(out / "event_maps" / f"events_{i - 1:03d}_{i:03d}.png"), cv2.IMREAD_COLOR)
+        np.testing.assert_array_equal(cv2.cvtColor(drawn, cv2.COLOR_BGR2RGB), expected)
 
 
 def test_run_json_records_provenance(pipeline_output, synth_folder):

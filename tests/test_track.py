@@ -316,6 +316,22 @@ def test_ids_persist_parents_carry_on_and_only_the_previous_frame_is_kept():
     assert isl.query("island_id == 3")["origin"].tolist() == ["coalesced", "continued"]
 
 
+def test_last_events_are_the_latest_interval_of_the_lineage():
+    a = box(box(blank(), 5, 9, 5, 9, 1), 5, 9, 12, 16, 2)
+    b = box(blank(), 5, 9, 5, 16, 1)  # 1 and 2 merge
+    c = box(box(blank(), 5, 9, 5, 16, 1), 30, 34, 30, 34, 2)  # the merged island stays, one forms
+    tracker = IslandTracker()
+    tracker.add(a, 0)
+    assert tracker.last_events().empty and list(tracker.last_events().columns) == list(EVENT_COLUMNS)
+    tracker.add(b, 1)
+    assert tracker.last_events()["event"].tolist() == ["coalescence"]
+    tracker.add(c, 2)
+    latest = tracker.last_events()
+    assert latest["event"].tolist() == ["formation"]
+    events = tracker.result().events
+    pd.testing.assert_frame_equal(latest, events[events["frame_to"] == 2].reset_index(drop=True))
+
+
 def test_raw_label_values_do_not_matter():
     a = box(box(blank(), 5, 9, 5, 9, 7), 20, 24, 20, 24, 10**6)
     b = box(box(blank(), 5, 9, 5, 9, 2), 20, 24, 20, 24, 1)

@@ -535,6 +535,14 @@ class IslandTracker:
         self._prev = frame
         return frame.ids.astype(np.int32)[frame.labels]
 
+    def last_events(self) -> pd.DataFrame:
+        """The events between the last two frames added (their rows of :attr:`Lineage.events`).
+
+        Final as soon as the later frame is added, so an event map can be drawn while the
+        series streams; empty before the second frame.
+        """
+        return self._event_rows[-1] if self._event_rows else _empty_events()
+
     def result(self) -> Lineage:
         """The lineage so far (islands, events, graph, per-frame and per-interval tables)."""
         if self._island_rows:
