@@ -721,7 +721,9 @@ class IslandTracker:
 
         # Fraction of each unlinked island's footprint imaged in the other frame.
         def observed_fraction(frame, other_observed):
-            if other_observed is None:
+            # A frame's labels are 0 outside its own observed pixels: the same mask hides nothing
+            # (the pipeline passes one region for every frame).
+            if other_observed is None or other_observed is frame.observed:
                 return np.ones(frame.n + 1)
             hidden = np.bincount(frame.labels[~other_observed], minlength=frame.n + 1)
             return 1.0 - hidden / np.maximum(frame.area_px, 1)
@@ -857,20 +859,14 @@ class IslandTracker:
 
     def _pixel_changes(self, prev: _Frame, cur: _Frame, persisted_px: int) -> dict:
         a2 = self._scale**2
-        if cur.observed is None:
-            before = int(np.count_nonzero(prev.labels))
-        else:
-            before = int(np.count_nonzero(prev.labels[cur.observed]))
-        if prev.observed is None:
-            after = int(np.count_nonzero(cur.labels))
-        else:
-            after = int(np.count_nonzero(cur.labels[prev.observed]))
+        before = _island_px_within(prev, cur.observed)
+        after = _island_px_within(cur, prev.observed)
         if prev.observed is None and cur.observed is None:
             common = prev.labels.size
         elif prev.observed is None:
-            common = int(cur.observed.sum())
-        elif cur.observed is None:
-            common = int(prev.observed.sum())
+            common = int(np.count_nonzero(cur.observed))
+        elif cur.observed is None or cur.observed is prev.observed:
+            common = int(np.count_nonzero(prev.observed))
         else:
             common = int(np.count_nonzero(prev.observed & cur.observed))
         return {
@@ -885,6 +881,13 @@ class IslandTracker:
             "vanished_area_um2": (before - persisted_px) * a2,
             "newly_covered_area_um2": (after - persisted_px) * a2,
         }
+
+
+def _island_px_within(frame: _Frame, observed: np.ndarray | None) -> int:
+    """Island pixels of ``frame`` inside ``observed`` (its labels are 0 outside its own observed mask)."""
+    if observed is None or observed is frame.observed:
+        return int(np.count_nonzero(frame.labels))
+    return int(np.count_nonzero(frame.labels[observed]))
 
 
 def link_islands(
@@ -1302,6 +1305,8 @@ _OUTLINE_RGB = (0, 220, 255)
 
 
 def _to_rgb(image: np.ndarray) -> np.ndarray:
+    import cv2
+
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[2] == 3:
         grey = image.mean(axis=2)
@@ -1314,25 +1319,31 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
             grey = grey / float(np.iinfo(image.dtype).max)
         grey = np.clip(np.nan_to_num(np.asarray(grey, dtype=np.float32)), 0, 1)
         grey = (grey * 255 + 0.5).astype(np.uint8)
-    return np.repeat(grey[:, :, None], 3, axis=2)
+    return cv2.cvtColor(np.ascontiguousarray(grey), cv2.COLOR_GRAY2RGB)
 
 
 def _outline(labels: np.ndarray) -> np.ndarray:
-    """Pixels of an island that 4-touch another label or background."""
+    """Flat indices of the pixels of an island that 4-touch another label or background."""
     lab = labels
     edge = np.zeros(lab.shape, bool)
-    edge[:-1] |= lab[:-1] != lab[1:]
-    edge[1:] |= lab[1:] != lab[:-1]
-    edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
-    edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
-    return edge & (lab > 0)
+    # Each comparison serves both pixels of a pair.
+    vertical = lab[:-1] != lab[1:]
+    edge[:-1] |= vertical
+    edge[1:] |= vertical
+    del vertical
+    horizontal = lab[:, :-1] != lab[:, 1:]
+    edge[:, :-1] |= horizontal
+    edge[:, 1:] |= horizontal
+    del horizontal
+    edge &= lab > 0
+    return np.flatnonzero(edge)
 
 
-def _member(labels: np.ndarray, ids: list[int]) -> np.ndarray:
-    """``np.isin(labels, ids)`` by table lookup (island ids are small positive integers)."""
-    table = np.zeros(max(int(labels.max()), max(ids)) + 1, bool)
+def _member(values: np.ndarray, ids: list[int]) -> np.ndarray:
+    """``np.isin(values, ids)`` by table lookup (island ids are small positive integers)."""
+    table = np.zeros(max(int(values.max(initial=0)), max(ids)) + 1, bool)
     table[ids] = True
-    return table[labels]
+    return table[values]
 
 
 def event_map(
@@ -1395,8 +1406,10 @@ def event_map(
     thick = max(1, int(round(side / 600)))
     mark = max(5, int(round(side / 90)))
 
+    # Outlines are a small part of the frame: they are drawn through their flat indices.
+    pixels = rgb.reshape(-1, 3)
     after_edge = _outline(after)
-    rgb[after_edge] = _OUTLINE_RGB
+    pixels[after_edge] = _OUTLINE_RGB
     ev = events_interval
     ids_of = {
         kind: [i for s in ev.loc[ev["event"] == kind, col] for i in _split_ids(s)]
@@ -1409,10 +1422,12 @@ def event_map(
     # The outline of some islands is their part of the outline of all: a neighbour that is another
     # island is a boundary either way.
     if ids_of["dissolution"]:
-        rgb[_outline(before) & _member(before, ids_of["dissolution"])] = EVENT_STYLE["dissolution"][0]
+        before_edge = _outline(before)
+        dissolved = _member(before.ravel()[before_edge], ids_of["dissolution"])
+        pixels[before_edge[dissolved]] = EVENT_STYLE["dissolution"][0]
     for kind in ("coalescence", "split"):
         if ids_of[kind]:
-            rgb[after_edge & _member(after, ids_of[kind])] = EVENT_STYLE[kind][0]
+            pixels[after_edge[_member(after.ravel()[after_edge], ids_of[kind])]] = EVENT_STYLE[kind][0]
 
     markers = {
         "square": cv2.MARKER_SQUARE,
