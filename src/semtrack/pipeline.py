@@ -552,7 +552,11 @@ def _frame_task(path_index: int, series: Series, registration, region, phase_mod
 
 
 def _preview(image: np.ndarray) -> np.ndarray:
-    return np.nan_to_num(np.clip(image, 0, 1) * 255, nan=0).astype(np.uint8)
+    # clip(image, 0, 1) * 255 == clip(image * 255, 0, 255) exactly; done in place on one buffer.
+    scaled = np.multiply(image, np.float32(255), dtype=np.float32)
+    np.clip(scaled, 0, 255, out=scaled)
+    np.nan_to_num(scaled, copy=False, nan=0)
+    return scaled.astype(np.uint8)
 
 
 class _Analyses:

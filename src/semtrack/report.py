@@ -658,6 +658,11 @@ def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
         return image
     rows, cols = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
     trimmed = image[:rows, :cols]
+    if image.dtype == np.uint8:
+        # Exact integer block sums (rows first, a contiguous pass), then the mean's one division:
+        # the same float64 values as .mean(axis=(1, 3)), which is ten times slower here.
+        sums = trimmed.reshape(rows // factor, factor, cols).sum(axis=1, dtype=np.uint32)
+        return sums.reshape(rows // factor, cols // factor, factor).sum(axis=2) / float(factor * factor)
     return trimmed.reshape(rows // factor, factor, cols // factor, factor).mean(axis=(1, 3))
 
 
