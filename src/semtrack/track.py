@@ -235,12 +235,16 @@ def label_islands(
     labels, n = ndi.label(mask, structure=_CROSS)
     if n == 0:
         return labels.astype(np.int32, copy=False)
-    area = np.bincount(labels.ravel(), minlength=n + 1)
+    # Islands are a few per cent of the frame: only their pixels are counted and renumbered.
+    island = labels[mask]
+    area = np.bincount(island, minlength=n + 1)
     keep = area >= min_area_px
     keep[0] = False
     lut = np.zeros(n + 1, np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[labels]
+    out = np.zeros(labels.shape, np.int32)
+    out[mask] = lut[island]
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -533,7 +537,11 @@ class IslandTracker:
         self._record_frame(frame, origin, parents)
         frame.parents = np.concatenate([[""], parents]).astype(object)
         self._prev = frame
-        return frame.ids.astype(np.int32)[frame.labels]
+        # Persistent ids only where there are islands, a few per cent of the frame.
+        persistent = np.zeros(frame.labels.shape, np.int32)
+        on = frame.labels > 0
+        persistent[on] = frame.ids.astype(np.int32)[frame.labels[on]]
+        return persistent
 
     def last_events(self) -> pd.DataFrame:
         """The events between the last two frames added (their rows of :attr:`Lineage.events`).
