@@ -82,8 +82,9 @@ def run_case(shape, n_frames, *, seed=0, n_islands=None) -> dict:
         folder, out = Path(tmp) / "series", Path(tmp) / "out"
         raw_bytes = _make(folder, shape=shape, n_frames=n_frames, seed=seed, n_islands=n_islands)
         env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        done = subprocess.run([sys.executable, "-c", _CHILD, str(folder), str(out)], capture_output=True,
-                              text=True, env=env, check=False)
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(folder), str(out)], capture_output=True, text=True, env=env, check=False
+        )
         if done.returncode != 0:
             raise RuntimeError(done.stderr[-2000:])
         record = json.loads(done.stdout.strip().splitlines()[-1])
@@ -115,17 +116,24 @@ def main(argv=None) -> pd.DataFrame:
         cases = [((768, 1024), 4, None)]
     else:
         cases = [
-            ((768, 1024), 4, None), ((1536, 2048), 4, None), ((3072, 4096), 4, None),   # frame size
-            ((768, 1024), 16, None), ((768, 1024), 64, None),                         # frame count
-            ((1536, 2048), 16, None),                                                 # marginal frame cost
-            ((1536, 2048), 4, 400), ((1536, 2048), 4, 1600),                          # island count (capped by space)
+            ((768, 1024), 4, None),
+            ((1536, 2048), 4, None),
+            ((3072, 4096), 4, None),  # frame size
+            ((768, 1024), 16, None),
+            ((768, 1024), 64, None),  # frame count
+            ((1536, 2048), 16, None),  # marginal frame cost
+            ((1536, 2048), 4, 400),
+            ((1536, 2048), 4, 1600),  # island count (capped by space)
         ]
     rows = []
     for shape, n_frames, n_islands in cases:
         row = run_case(shape, n_frames, n_islands=n_islands)
         rows.append(row)
-        print(f"  {row['shape']:>9} x{n_frames:<3} {row['total_s']:7.2f} s  {row['mp_per_cpu_s']:5.2f} MP/cpu-s  "
-              f"peak {row['peak_mb']:7.1f} MB (budget {row['memory_budget_mb']})", flush=True)
+        print(
+            f"  {row['shape']:>9} x{n_frames:<3} {row['total_s']:7.2f} s  {row['mp_per_cpu_s']:5.2f} MP/cpu-s  "
+            f"peak {row['peak_mb']:7.1f} MB (budget {row['memory_budget_mb']})",
+            flush=True,
+        )
     table = pd.DataFrame(rows)
     OUT.mkdir(exist_ok=True)
     table.to_csv(OUT / "pipeline.csv", index=False)
@@ -153,10 +161,15 @@ def marginal_frame_cost(table: pd.DataFrame) -> pd.DataFrame:
         short, long = group.iloc[0], group.iloc[-1]
         per_frame = (long["cpu_s"] - short["cpu_s"]) / (long["frames"] - short["frames"])
         cols, rows_px = (int(v) for v in shape.split("x"))
-        rows.append({"shape": shape, "frames": f"{short['frames']}->{long['frames']}",
-                     "cpu_s_per_extra_frame": round(per_frame, 3),
-                     "mp_per_cpu_s": round(cols * rows_px / 1e6 / per_frame, 2),
-                     "one_off_cpu_s": round(short["cpu_s"] - short["frames"] * per_frame, 2)})
+        rows.append(
+            {
+                "shape": shape,
+                "frames": f"{short['frames']}->{long['frames']}",
+                "cpu_s_per_extra_frame": round(per_frame, 3),
+                "mp_per_cpu_s": round(cols * rows_px / 1e6 / per_frame, 2),
+                "one_off_cpu_s": round(short["cpu_s"] - short["frames"] * per_frame, 2),
+            }
+        )
     return pd.DataFrame(rows)
 
 
