@@ -335,9 +335,7 @@ def test_hand_built_fei_header_with_databar(tmp_path):
 
 def test_imagej_calibration(tmp_path):
     path = tmp_path / "ij.tif"
-    tifffile.imwrite(
-        path, _grey(), imagej=True, resolution=(1 / 0.125, 1 / 0.125), metadata={"unit": "micron"}
-    )
+    tifffile.imwrite(path, _grey(), imagej=True, resolution=(1 / 0.125, 1 / 0.125), metadata={"unit": "micron"})
     meta = read_metadata(path)
     assert meta["pixel_size_source"] == "imagej" and meta["pixel_size_um"] == pytest.approx(0.125)
 
