@@ -489,6 +489,22 @@ def test_info_bar_survives_jpeg(tmp_path):
     assert abs(detect_info_bar(read_image(tmp_path / "bar.jpg")) - 32) <= 1
 
 
+def test_level_fractions_per_row():
+    from semtrack.io import _level_fractions
+
+    q = np.array(
+        [
+            [0, 0, 0, 1, 200, 200, 90, 90],  # background 4/8; ink: 90 and 200 tie, the lower level wins
+            [255, 255, 255, 255, 254, 3, 3, 128],  # mode at the top of the range
+            [7, 7, 7, 7, 7, 7, 7, 7],
+        ],
+        np.uint8,
+    )
+    own, two = _level_fractions(q, background=0, tol=2)
+    np.testing.assert_array_equal(own, [4 / 8, 5 / 8, 1.0])
+    np.testing.assert_array_equal(two, [6 / 8, 5 / 8, 1.0])  # row 2: 3 is beyond tol of the background
+
+
 def test_info_bar_on_integer_pixels():
     frame = _with_bar(_micrograph(seed=2), 20)
     assert detect_info_bar(np.round(frame * 65535).astype(np.uint16)) == 20

@@ -1031,8 +1031,7 @@ def detect_info_bar(image: np.ndarray, *, max_fraction: float = 0.3) -> int:
     background = int(np.bincount(bottom.ravel(), minlength=256).argmax())
     near_background = np.abs(q.astype(np.int16) - background) <= tol
     frac_background = near_background.mean(axis=1)
-    frac_own = np.array([_mode_fraction(row, tol) for row in q])
-    frac_two = np.array([_two_level_fraction(row, background, tol) for row in q])
+    frac_own, frac_two = _level_fractions(q, background, tol)
     # Text rows are mostly background; a thick scale bar or large lettering may cover more,
     # but such rows still hold just two levels (background and ink), unlike a micrograph.
     on_background = (frac_background >= 0.5) | ((frac_background >= 0.1) & (frac_two >= 0.95))
@@ -1077,18 +1076,27 @@ def _as_levels(img: np.ndarray) -> np.ndarray:
     return np.round(np.clip(np.nan_to_num(data), 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def _two_level_fraction(row: np.ndarray, background: int, tol: int) -> float:
-    counts = np.bincount(row, minlength=256)
-    near = counts[max(0, background - tol) : background + tol + 1].sum()
-    counts[max(0, background - tol) : background + tol + 1] = 0
-    ink = int(counts.argmax())
-    return float(near + counts[max(0, ink - tol) : ink + tol + 1].sum()) / row.size
+def _level_fractions(q: np.ndarray, background: int, tol: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of the uint8 levels ``q``: the share of pixels within ``tol`` of the row's most
+    frequent level, and within ``tol`` of ``background`` or of the most frequent other level (ink).
 
+    One histogram per row, all rows in one ``bincount``; window sums from cumulative counts.
+    """
+    n, cols = q.shape
+    counts = np.bincount((np.arange(n)[:, None] * 256 + q).ravel(), minlength=n * 256).reshape(n, 256)
+    rows = np.arange(n)
 
-def _mode_fraction(row: np.ndarray, tol: int) -> float:
-    counts = np.bincount(row, minlength=256)
-    mode = int(counts.argmax())
-    return float(counts[max(0, mode - tol) : mode + tol + 1].sum()) / row.size
+    def window(hist: np.ndarray, centre: np.ndarray) -> np.ndarray:
+        cumulative = np.pad(hist.cumsum(axis=1), ((0, 0), (1, 0)))
+        return cumulative[rows, np.minimum(centre + tol + 1, 256)] - cumulative[rows, np.maximum(centre - tol, 0)]
+
+    own = window(counts, counts.argmax(axis=1))
+    near_lo, near_hi = max(0, background - tol), background + tol + 1
+    near = counts[:, near_lo:near_hi].sum(axis=1)
+    others = counts.copy()
+    others[:, near_lo:near_hi] = 0
+    two = near + window(others, others.argmax(axis=1))
+    return own / cols, two / cols
 
 
 # --------------------------------------------------------------------------- times
