@@ -335,9 +335,7 @@ def test_hand_built_fei_header_with_databar(tmp_path):
 
 def test_imagej_calibration(tmp_path):
     path = tmp_path / "ij.tif"
-    tifffile.imwrite(
-        path, _grey(), imagej=True, resolution=(1 / 0.125, 1 / 0.125), metadata={"unit": "micron"}
-    )
+    tifffile.imwrite(path, _grey(), imagej=True, resolution=(1 / 0.125, 1 / 0.125), metadata={"unit": "micron"})
     meta = read_metadata(path)
     assert meta["pixel_size_source"] == "imagej" and meta["pixel_size_um"] == pytest.approx(0.125)
 
@@ -489,6 +487,22 @@ def test_info_bar_survives_jpeg(tmp_path):
     frame = _with_bar(_micrograph(seed=5), 32)
     Image.fromarray(np.round(frame * 255).astype(np.uint8)).save(tmp_path / "bar.jpg", quality=90)
     assert abs(detect_info_bar(read_image(tmp_path / "bar.jpg")) - 32) <= 1
+
+
+def test_level_fractions_per_row():
+    from semtrack.io import _level_fractions
+
+    q = np.array(
+        [
+            [0, 0, 0, 1, 200, 200, 90, 90],  # background 4/8; ink: 90 and 200 tie, the lower level wins
+            [255, 255, 255, 255, 254, 3, 3, 128],  # mode at the top of the range
+            [7, 7, 7, 7, 7, 7, 7, 7],
+        ],
+        np.uint8,
+    )
+    own, two = _level_fractions(q, background=0, tol=2)
+    np.testing.assert_array_equal(own, [4 / 8, 5 / 8, 1.0])
+    np.testing.assert_array_equal(two, [6 / 8, 5 / 8, 1.0])  # row 2: 3 is beyond tol of the background
 
 
 def test_info_bar_on_integer_pixels():

@@ -5,28 +5,58 @@ from __future__ import annotations
 import json
 import shutil
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
 
+from semtrack import track
 from semtrack.config import OUTSIDE, Config
 from semtrack.io import sha256_file
 from semtrack.pipeline import run
 
 FRAME_COLUMNS = [
-    "frame", "file", "time_h", "dx_px", "dy_px", "rotation_deg", "scale", "reg_score", "frac_pore",
-    "frac_glass", "frac_nasicon", "frac_na3po4", "glass_fraction", "n_islands", "na3po4_area_um2",
-    "grain_count", "grain_ecd_mean_um", "grain_ecd_median_um", "pixel_size_um",
-    "frac_glass_ci_low", "frac_glass_ci_high", "glass_fraction_ci_low", "glass_fraction_ci_high",
+    "frame",
+    "file",
+    "time_h",
+    "dx_px",
+    "dy_px",
+    "rotation_deg",
+    "scale",
+    "reg_score",
+    "frac_pore",
+    "frac_glass",
+    "frac_nasicon",
+    "frac_na3po4",
+    "glass_fraction",
+    "n_islands",
+    "na3po4_area_um2",
+    "grain_count",
+    "grain_ecd_mean_um",
+    "grain_ecd_median_um",
+    "pixel_size_um",
+    "frac_glass_ci_low",
+    "frac_glass_ci_high",
+    "glass_fraction_ci_low",
+    "glass_fraction_ci_high",
 ]
 
 
 def test_every_contract_file_is_written(pipeline_output, synth_series):
     result, out = pipeline_output
     n = len(synth_series.images)
-    for name in ["frames.csv", "transforms.json", "grains.csv", "islands.csv", "events.csv", "intervals.csv",
-                 "kinetics.json", "run.json", "report.html"]:
+    for name in [
+        "frames.csv",
+        "transforms.json",
+        "grains.csv",
+        "islands.csv",
+        "events.csv",
+        "intervals.csv",
+        "kinetics.json",
+        "run.json",
+        "report.html",
+    ]:
         assert (out / name).is_file(), name
     for i in range(n):
         assert (out / "labels" / f"phases_{i:03d}.tif").is_file()
@@ -62,7 +92,7 @@ def test_phase_maps_follow_the_contract_and_the_truth(pipeline_output, synth_ser
         phases = tifffile.imread(out / "labels" / f"phases_{i:03d}.tif")
         assert phases.shape == ref_shape and phases.dtype == np.uint8
         assert set(np.unique(phases)) <= {0, 1, 2, 3, OUTSIDE}
-        assert (phases[-synth_series.info_bar_rows:] == OUTSIDE).all()
+        assert (phases[-synth_series.info_bar_rows :] == OUTSIDE).all()
         inside = phases != OUTSIDE
         true = synth_series.phases_ref[i]
         both = inside & (true != OUTSIDE)
@@ -89,6 +119,22 @@ def test_islands_and_events_are_consistent_with_the_maps(pipeline_output, synth_
     assert set(events["event"]) <= {"formation", "coalescence", "split", "dissolution"}
     assert len(events) > 0
     assert set(events["frame_to"] - events["frame_from"]) == {1}
+
+
+def test_event_maps_draw_each_interval_on_the_written_maps(pipeline_output):
+    result, out = pipeline_output
+    events = result.events
+    for i in range(1, len(result.frames)):
+        preview = cv2.imread(str(out / "previews" / f"frame_{i:03d}.png"), cv2.IMREAD_GRAYSCALE)
+        expected = track.event_map(
+            np.where(result.region, preview, np.uint8(0)),
+            tifffile.imread(out / "labels" / f"islands_{i - 1:03d}.tif"),
+            tifffile.imread(out / "labels" / f"islands_{i:03d}.tif"),
+            events[(events["frame_from"] == i - 1) & (events["frame_to"] == i)],
+            pixel_size_um=result.series.pixel_size_um,
+        )
+        drawn = cv2.imread(str(out / "event_maps" / f"events_{i - 1:03d}_{i:03d}.png"), cv2.IMREAD_COLOR)
+        np.testing.assert_array_equal(cv2.cvtColor(drawn, cv2.COLOR_BGR2RGB), expected)
 
 
 def test_run_json_records_provenance(pipeline_output, synth_folder):

@@ -412,6 +412,57 @@ def test_analysed_region_known_shifts():
         analysed_region(reg, shapes[:2], [90, 95])
 
 
+def _inside_every_pixel(m, shape, x_range, y_range):
+    """The inside test of every grid point, computed pixel by pixel (what the row intervals must match)."""
+    gx = np.arange(shape[1], dtype=np.float64)
+    gy = np.arange(shape[0], dtype=np.float64)[:, None]
+    fx = m[0, 0] * gx + m[0, 1] * gy + m[0, 2]
+    fy = m[1, 0] * gx + m[1, 1] * gy + m[1, 2]
+    return (fx >= x_range[0]) & (fx <= x_range[1]) & (fy >= y_range[0]) & (fy <= y_range[1])
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_region_and_resample_match_a_pixel_by_pixel_inside_test(seed):
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 90)), int(rng.integers(1, 90)))
+    kind = seed % 4
+    if kind == 0:  # the usual small motion, sub-pixel shifts that put grid points on the bounds
+        m = similarity(dx=rng.normal(0, 5), dy=rng.normal(0, 5), rot_deg=rng.normal(0, 2), centre=(0, 0))
+    elif kind == 1:  # whole-pixel shifts: mapped points land exactly on the frame's edge
+        m = similarity(dx=int(rng.integers(-20, 20)), dy=int(rng.integers(-20, 20)), centre=(0, 0))
+    elif kind == 2:  # any affine map, falling coordinates along a row included
+        m = np.vstack([rng.normal(0, 1.5, (2, 3)) * [1, 1, 20], [0, 0, 1]])
+    else:  # a coordinate constant along the row, or nearly so
+        m = np.array([[0.0, 1.0, rng.normal(0, 9)], [1e-17 * rng.normal(), 1.0, rng.normal(0, 9)], [0, 0, 1]])
+    frame = (int(rng.integers(1, 90)), int(rng.integers(1, 90)))
+    margin = float(rng.choice([0.0, 2.0, 0.5]))
+    reg = Registration(
+        [FrameRegistration(np.eye(3), 1, True), FrameRegistration(m, 1, True)], 0, (0, 0, 1, 1), "user", "affine"
+    )
+    region = analysed_region(reg, [shape, frame], [shape[0], frame[0] - 1], margin_px=margin)
+    expected = _inside_every_pixel(np.eye(3), shape, (margin, shape[1] - 1 - margin), (margin, shape[0] - 1 - margin))
+    expected &= _inside_every_pixel(m, shape, (margin, frame[1] - 1 - margin), (margin, frame[0] - 2 - margin))
+    np.testing.assert_array_equal(region, expected)
+    image = rng.random(frame).astype(np.float32)
+    image[0, 0] = np.nan
+    for order, half in ((0, 0.5), (1, 0.0)):
+        out = resample(image, m, shape, order=order, fill=-1)
+        inside = _inside_every_pixel(m, shape, (-half, frame[1] - 1 + half), (-half, frame[0] - 1 + half))
+        np.testing.assert_array_equal(
+            out == -1,
+            ~inside
+            | np.isnan(
+                cv2.warpAffine(
+                    image,
+                    m[:2],
+                    shape[::-1],
+                    flags=(cv2.INTER_NEAREST, cv2.INTER_LINEAR)[order] | cv2.WARP_INVERSE_MAP,
+                    borderMode=cv2.BORDER_REPLICATE,
+                )
+            ),
+        )
+
+
 @pytest.mark.parametrize(
     "matrix, expected",
     [

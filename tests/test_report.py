@@ -26,6 +26,7 @@ from semtrack.config import OUTSIDE
 from semtrack.errors import OutputError
 from semtrack.report import (
     PHASE_COLOURS,
+    _block_mean,
     _event_counts,
     _jmak_curve,
     _jmak_fit,
@@ -649,6 +650,17 @@ def test_panel_images_share_one_grid(label_shape, preview_shape, downsample, sha
     if phases is not None:
         # Nearest-neighbour: label codes are kept, never averaged.
         np.testing.assert_array_equal(phases_out, phases[::pixels, ::pixels][: shape[0], : shape[1]])
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4, 16])
+def test_block_mean_of_8bit_previews_is_the_exact_block_average(factor):
+    grey = np.random.default_rng(factor).integers(0, 256, (5 * factor + 1, 8 * factor - 1)).astype(np.uint8)
+    grey[:factor, :factor] = 255  # a full block at the top of the range: no overflow
+    shrunk = _block_mean(grey, factor)
+    assert shrunk.shape == (5, 7) and shrunk.dtype == np.float64 and shrunk[0, 0] == 255.0
+    for r, c in [(0, 0), (4, 6), (2, 3)]:
+        block = grey[r * factor : (r + 1) * factor, c * factor : (c + 1) * factor]
+        assert shrunk[r, c] == int(block.astype(int).sum()) / factor**2
 
 
 def test_long_series_show_a_bounded_number_of_frames_and_event_maps(tmp_path):

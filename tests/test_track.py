@@ -188,9 +188,7 @@ def test_coalescence_gets_a_new_id_with_all_parents(n_parents):
     assert ev.iloc[0].islands_before == ";".join(str(i) for i in range(1, n_parents + 1))
     assert ev.iloc[0].islands_after == str(child)
     assert lineage.graph == {child: list(range(1, n_parents + 1))}
-    assert (ev.iloc[0].x_px, ev.iloc[0].y_px) == pytest.approx(
-        ((1 + 11 + 12 * (n_parents - 1) - 1) / 2, 7.0)
-    )
+    assert (ev.iloc[0].x_px, ev.iloc[0].y_px) == pytest.approx(((1 + 11 + 12 * (n_parents - 1) - 1) / 2, 7.0))
     assert np.unique(maps[1]).tolist() == [0, child]
     assert lineage.islands.query("frame == 0")["fate"].eq("coalesced").all()
 
@@ -316,6 +314,22 @@ def test_ids_persist_parents_carry_on_and_only_the_previous_frame_is_kept():
     isl = tracker.result().islands
     assert isl.query("island_id == 3")["parents"].tolist() == ["1;2", "1;2"]
     assert isl.query("island_id == 3")["origin"].tolist() == ["coalesced", "continued"]
+
+
+def test_last_events_are_the_latest_interval_of_the_lineage():
+    a = box(box(blank(), 5, 9, 5, 9, 1), 5, 9, 12, 16, 2)
+    b = box(blank(), 5, 9, 5, 16, 1)  # 1 and 2 merge
+    c = box(box(blank(), 5, 9, 5, 16, 1), 30, 34, 30, 34, 2)  # the merged island stays, one forms
+    tracker = IslandTracker()
+    tracker.add(a, 0)
+    assert tracker.last_events().empty and list(tracker.last_events().columns) == list(EVENT_COLUMNS)
+    tracker.add(b, 1)
+    assert tracker.last_events()["event"].tolist() == ["coalescence"]
+    tracker.add(c, 2)
+    latest = tracker.last_events()
+    assert latest["event"].tolist() == ["formation"]
+    events = tracker.result().events
+    pd.testing.assert_frame_equal(latest, events[events["frame_to"] == 2].reset_index(drop=True))
 
 
 def test_raw_label_values_do_not_matter():
@@ -515,10 +529,23 @@ def _events(rows):
 
 
 def test_score_events_matches_by_type_frame_pair_and_distance():
-    true = _events([(0, 1, "formation", 10, 10), (0, 1, "formation", 12, 10), (1, 2, "dissolution", 50, 50),
-                    (0, 1, "split", 30, 30)])
-    pred = _events([(0, 1, "formation", 11, 10), (0, 1, "formation", 11.5, 10), (0, 1, "formation", 11, 11),
-                    (0, 1, "dissolution", 50, 50), (0, 1, "coalescence", 30, 30)])
+    true = _events(
+        [
+            (0, 1, "formation", 10, 10),
+            (0, 1, "formation", 12, 10),
+            (1, 2, "dissolution", 50, 50),
+            (0, 1, "split", 30, 30),
+        ]
+    )
+    pred = _events(
+        [
+            (0, 1, "formation", 11, 10),
+            (0, 1, "formation", 11.5, 10),
+            (0, 1, "formation", 11, 11),
+            (0, 1, "dissolution", 50, 50),
+            (0, 1, "coalescence", 30, 30),
+        ]
+    )
     s = score_events(pred, true, max_distance_px=2).set_index("event")
     assert s.loc["formation", ["tp", "fp", "fn"]].tolist() == [2, 1, 0]
     assert s.loc["dissolution", ["tp", "fp", "fn"]].tolist() == [0, 1, 1]  # wrong frame pair
@@ -555,6 +582,7 @@ def test_linking_metrics_counts_broken_links():
 @pytest.mark.parametrize("seed", [0, 3])
 def test_synthetic_series_events_and_counts_match_truth(seed):
     from semtrack import synth
+
     s = synth.make_series(shape=(256, 320), n_frames=4, seed=seed, n_islands=12)
     region = s.analysed_region()
     labels = [label_islands(p, pixel_size_um=s.pixel_size_um) for p in s.phases_ref]

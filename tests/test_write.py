@@ -7,7 +7,15 @@ import pytest
 
 from semtrack._atomic import atomic_path
 from semtrack.errors import OutputError
-from semtrack.write import ensure_writable, read_label_map, write_json, write_label_map, write_table
+from semtrack.write import (
+    ensure_writable,
+    png_bytes,
+    read_label_map,
+    write_json,
+    write_label_map,
+    write_png,
+    write_table,
+)
 
 
 def test_failed_write_leaves_neither_final_nor_temp_file(tmp_path):
@@ -72,3 +80,24 @@ def test_written_files_get_ordinary_permissions(tmp_path):
 
     path = write_table(pd.DataFrame({"a": [1]}), tmp_path / "p.csv")
     assert path.stat().st_mode & 0o777 == 0o666 & ~_UMASK
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (37, 53, 3), (1, 1), (1, 9, 3)])
+def test_png_round_trips_through_opencv_and_pillow(tmp_path, shape):
+    import cv2
+    from PIL import Image
+
+    image = np.random.default_rng(1).integers(0, 256, shape).astype(np.uint8)
+    image[: shape[0] // 2] = 7  # flat rows compress, noisy rows do not: both must survive
+    path = write_png(image, tmp_path / "i.png")
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), image)
+    back = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(back if image.ndim == 2 else cv2.cvtColor(back, cv2.COLOR_BGR2RGB), image)
+
+
+@pytest.mark.parametrize(
+    "image", [np.zeros((4, 4), np.uint16), np.zeros((4, 4, 4), np.uint8), np.zeros((0, 4), np.uint8)]
+)
+def test_png_rejects_what_it_cannot_store(image):
+    with pytest.raises(ValueError, match="image"):
+        png_bytes(image)

@@ -366,8 +366,7 @@ def _check_file(path: Path) -> str:
     fmt = _sniff(head)
     if fmt is None:
         raise ReadError(
-            f"not an image file semtrack can read (first bytes {head[:8]!r}); "
-            "expected TIFF, PNG or JPEG",
+            f"not an image file semtrack can read (first bytes {head[:8]!r}); expected TIFF, PNG or JPEG",
             path=path,
         )
     return fmt
@@ -518,8 +517,7 @@ def _read_pil_pixels(path: Path) -> tuple[np.ndarray, int]:
         raise
     except Exception as exc:
         raise ReadError(
-            f"cannot decode the image ({type(exc).__name__}: {exc}); the file is probably "
-            "truncated or corrupt",
+            f"cannot decode the image ({type(exc).__name__}: {exc}); the file is probably truncated or corrupt",
             path=path,
         ) from exc
     if mode in ("I", "I;16", "I;16B", "I;16L") and data.dtype != np.uint16:
@@ -634,9 +632,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     """
     meta, problems = _inspect(Path(path))
     if problems:
-        raise MetadataError(
-            "; ".join(problems) + " -- give the pixel size explicitly (pixel_size_um)", path=path
-        )
+        raise MetadataError("; ".join(problems) + " -- give the pixel size explicitly (pixel_size_um)", path=path)
     return meta
 
 
@@ -665,8 +661,7 @@ def _inspect(path: Path) -> tuple[dict[str, Any], list[str]]:
             raise
         except Exception as exc:
             raise ReadError(
-                f"cannot read the TIFF header ({type(exc).__name__}: {exc}); the file is "
-                "probably truncated or corrupt",
+                f"cannot read the TIFF header ({type(exc).__name__}: {exc}); the file is probably truncated or corrupt",
                 path=path,
             ) from exc
     else:
@@ -721,9 +716,7 @@ def _tiff_metadata(tif: tifffile.TiffFile, page, meta: dict[str, Any], problems:
     if meta["acquired"] is None:
         stamp = _tag_value(tags, 306, notes, "DateTime")
         if isinstance(stamp, str) and stamp.strip():
-            when = _parse_datetime(
-                stamp.strip(), ("%Y:%m:%d %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S")
-            )
+            when = _parse_datetime(stamp.strip(), ("%Y:%m:%d %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"))
             if when is None:
                 notes.append(f"TIFF DateTime {stamp!r} is not a date-time; acquisition time unknown")
             else:
@@ -759,8 +752,18 @@ _LENGTH_UM = {
 
 def _zeiss_metadata(sem: dict[str, Any], meta: dict[str, Any], problems: list[str]) -> None:
     fields: dict[str, Any] = {}
-    for key in ("ap_image_pixel_size", "ap_pixel_size", "ap_mag", "ap_actualkv", "ap_wd",
-                "dp_detector_channel", "dp_image_store", "ap_date", "ap_time", "sv_version"):
+    for key in (
+        "ap_image_pixel_size",
+        "ap_pixel_size",
+        "ap_mag",
+        "ap_actualkv",
+        "ap_wd",
+        "dp_detector_channel",
+        "dp_image_store",
+        "ap_date",
+        "ap_time",
+        "sv_version",
+    ):
         entry = sem.get(key)
         if isinstance(entry, tuple) and len(entry) >= 2:
             fields[key] = _json_safe(" ".join(str(v) for v in entry[1:]))
@@ -788,8 +791,14 @@ def _zeiss_metadata(sem: dict[str, Any], meta: dict[str, Any], problems: list[st
         time_text = str(time[1]).strip() if isinstance(time, tuple) and len(time) >= 2 else "00:00:00"
         when = _parse_datetime(
             f"{date_text} {time_text}",
-            ("%d %b %Y %H:%M:%S", "%d %B %Y %H:%M:%S", "%d.%m.%Y %H:%M:%S", "%d/%m/%Y %H:%M:%S",
-             "%Y-%m-%d %H:%M:%S", "%d %b %Y %H:%M"),
+            (
+                "%d %b %Y %H:%M:%S",
+                "%d %B %Y %H:%M:%S",
+                "%d.%m.%Y %H:%M:%S",
+                "%d/%m/%Y %H:%M:%S",
+                "%Y-%m-%d %H:%M:%S",
+                "%d %b %Y %H:%M",
+            ),
         )
         if when is None:
             meta["notes"].append(f"Zeiss date/time {date_text!r} {time_text!r} not understood")
@@ -803,10 +812,20 @@ def _fei_metadata(fei: dict[str, Any], meta: dict[str, Any], problems: list[str]
         return value.get(key) if isinstance(value, dict) else None
 
     fields = {}
-    for section, key in (("Scan", "PixelWidth"), ("Scan", "PixelHeight"), ("EBeam", "HFW"),
-                         ("Beam", "HV"), ("EBeam", "WD"), ("Detectors", "Name"),
-                         ("System", "SystemType"), ("Image", "ResolutionX"), ("Image", "ResolutionY"),
-                         ("PrivateFei", "DatabarHeight"), ("User", "Date"), ("User", "Time")):
+    for section, key in (
+        ("Scan", "PixelWidth"),
+        ("Scan", "PixelHeight"),
+        ("EBeam", "HFW"),
+        ("Beam", "HV"),
+        ("EBeam", "WD"),
+        ("Detectors", "Name"),
+        ("System", "SystemType"),
+        ("Image", "ResolutionX"),
+        ("Image", "ResolutionY"),
+        ("PrivateFei", "DatabarHeight"),
+        ("User", "Date"),
+        ("User", "Time"),
+    ):
         value = get(section, key)
         if value is not None:
             fields[f"{section}.{key}"] = _json_safe(value)
@@ -838,8 +857,13 @@ def _fei_metadata(fei: dict[str, Any], meta: dict[str, Any], problems: list[str]
         text = f"{date} {time if time is not None else '00:00:00'}".strip()
         when = _parse_datetime(
             text,
-            ("%m/%d/%Y %I:%M:%S %p", "%m/%d/%Y %H:%M:%S", "%d.%m.%Y %H:%M:%S", "%Y-%m-%d %H:%M:%S",
-             "%d/%m/%Y %H:%M:%S"),
+            (
+                "%m/%d/%Y %I:%M:%S %p",
+                "%m/%d/%Y %H:%M:%S",
+                "%d.%m.%Y %H:%M:%S",
+                "%Y-%m-%d %H:%M:%S",
+                "%d/%m/%Y %H:%M:%S",
+            ),
         )
         if when is None:
             meta["notes"].append(f"FEI [User] Date/Time {text!r} not understood")
@@ -1007,8 +1031,7 @@ def detect_info_bar(image: np.ndarray, *, max_fraction: float = 0.3) -> int:
     background = int(np.bincount(bottom.ravel(), minlength=256).argmax())
     near_background = np.abs(q.astype(np.int16) - background) <= tol
     frac_background = near_background.mean(axis=1)
-    frac_own = np.array([_mode_fraction(row, tol) for row in q])
-    frac_two = np.array([_two_level_fraction(row, background, tol) for row in q])
+    frac_own, frac_two = _level_fractions(q, background, tol)
     # Text rows are mostly background; a thick scale bar or large lettering may cover more,
     # but such rows still hold just two levels (background and ink), unlike a micrograph.
     on_background = (frac_background >= 0.5) | ((frac_background >= 0.1) & (frac_two >= 0.95))
@@ -1053,18 +1076,27 @@ def _as_levels(img: np.ndarray) -> np.ndarray:
     return np.round(np.clip(np.nan_to_num(data), 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def _two_level_fraction(row: np.ndarray, background: int, tol: int) -> float:
-    counts = np.bincount(row, minlength=256)
-    near = counts[max(0, background - tol) : background + tol + 1].sum()
-    counts[max(0, background - tol) : background + tol + 1] = 0
-    ink = int(counts.argmax())
-    return float(near + counts[max(0, ink - tol) : ink + tol + 1].sum()) / row.size
+def _level_fractions(q: np.ndarray, background: int, tol: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of the uint8 levels ``q``: the share of pixels within ``tol`` of the row's most
+    frequent level, and within ``tol`` of ``background`` or of the most frequent other level (ink).
 
+    One histogram per row, all rows in one ``bincount``; window sums from cumulative counts.
+    """
+    n, cols = q.shape
+    counts = np.bincount((np.arange(n)[:, None] * 256 + q).ravel(), minlength=n * 256).reshape(n, 256)
+    rows = np.arange(n)
 
-def _mode_fraction(row: np.ndarray, tol: int) -> float:
-    counts = np.bincount(row, minlength=256)
-    mode = int(counts.argmax())
-    return float(counts[max(0, mode - tol) : mode + tol + 1].sum()) / row.size
+    def window(hist: np.ndarray, centre: np.ndarray) -> np.ndarray:
+        cumulative = np.pad(hist.cumsum(axis=1), ((0, 0), (1, 0)))
+        return cumulative[rows, np.minimum(centre + tol + 1, 256)] - cumulative[rows, np.maximum(centre - tol, 0)]
+
+    own = window(counts, counts.argmax(axis=1))
+    near_lo, near_hi = max(0, background - tol), background + tol + 1
+    near = counts[:, near_lo:near_hi].sum(axis=1)
+    others = counts.copy()
+    others[:, near_lo:near_hi] = 0
+    two = near + window(others, others.argmax(axis=1))
+    return own / cols, two / cols
 
 
 # --------------------------------------------------------------------------- times
@@ -1082,9 +1114,7 @@ _UNITS = "minutes|minute|mins|min|hours|hour|hrs|hr|h|days|day|d|weeks|week|wks|
 _SUFFIX_RE = re.compile(rf"(?<![\d.]){_NUMBER}[ _-]?({_UNITS})(?![a-z])", re.IGNORECASE)
 # "day3", "day_3", "hours 24": a unit word first.
 _PREFIX_RE = re.compile(
-    r"(?<![a-z])(days|day|hours|hour|hrs|hr|weeks|week|minutes|minute|mins|min)[ _=-]?"
-    + _NUMBER
-    + r"(?![\d.])",
+    r"(?<![a-z])(days|day|hours|hour|hrs|hr|weeks|week|minutes|minute|mins|min)[ _=-]?" + _NUMBER + r"(?![\d.])",
     re.IGNORECASE,
 )
 _STRIP_SUFFIXES = IMAGE_SUFFIXES + (".ome",)
@@ -1277,7 +1307,8 @@ def read_series(
             "samples": meta["samples"],
             "vendor": meta["vendor"],
             "acquired_source": meta["acquired_source"],
-            "crop_source": "user" if crop_bottom_px is not None
+            "crop_source": "user"
+            if crop_bottom_px is not None
             else ("metadata" if meta["info_bar_px"] is not None else "detected"),
             **{f"vendor.{k}": v for k, v in meta["vendor_fields"].items()},
         }
@@ -1321,9 +1352,7 @@ def _parse_t0(t0: datetime | str | None) -> datetime | None:
         try:
             return datetime.fromisoformat(t0.strip())
         except ValueError as exc:
-            raise ValueError(
-                f"`t0` must be an ISO 8601 date-time like '2026-11-25T14:00', got {t0!r}"
-            ) from exc
+            raise ValueError(f"`t0` must be an ISO 8601 date-time like '2026-11-25T14:00', got {t0!r}") from exc
     raise TypeError(f"`t0` must be a datetime or an ISO 8601 string, got {type(t0).__name__}")
 
 
@@ -1350,8 +1379,7 @@ def _list_images(source, series_warnings: list[str], *, exclude) -> list[Path]:
                 files.append(candidate)
             else:
                 series_warnings.append(
-                    f"{candidate.name}: skipped, not an image file "
-                    f"(semtrack reads {', '.join(IMAGE_SUFFIXES)})"
+                    f"{candidate.name}: skipped, not an image file (semtrack reads {', '.join(IMAGE_SUFFIXES)})"
                 )
         if not files:
             raise ReadError(f"no image files found in {where}", path=path)

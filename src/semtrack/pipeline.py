@@ -42,7 +42,6 @@ from .write import (
     island_map_path,
     phase_map_path,
     preview_path,
-    read_label_map,
     write_json,
     write_label_map,
     write_png,
@@ -380,19 +379,36 @@ def run(
     )
     phase_maps: list[np.ndarray] | None = [] if keep else None
     island_maps: list[np.ndarray] | None = [] if keep else None
+    # Event maps are drawn as the series streams, from the maps and preview at hand: reading
+    # them back from the output folder afterwards cost more than drawing them.
+    draw_events = out is not None and config.report.event_maps
+    previous = None
     for i, info in enumerate(series.frames):
         analysis = analyses.load(i)
         persistent = tracker.add(analysis.islands, info.time_h)
-        if out is not None:
-            write_label_map(persistent.astype(np.int32), island_map_path(out, i))
         if keep:
             phase_maps.append(analysis.phases)
             island_maps.append(persistent)
+        preview = analysis.preview
+        del analysis
+        if out is not None:
+            write_label_map(persistent, island_map_path(out, i))
+        if draw_events and i > 0:
+            rgb = track.event_map(
+                np.where(region, preview, np.uint8(0)),
+                previous,
+                persistent,
+                tracker.last_events(),
+                pixel_size_um=pixel_size_um,
+            )
+            write_png(rgb, event_map_path(out, i - 1, i))
+            del rgb
+        previous = persistent if draw_events else None
         notify("track", i + 1, len(series))
     lineage = tracker.result()
     # The last frame's maps and the tracker's copy of them are not needed for the tables and the
     # report: on large frames they are the largest things left in memory.
-    del tracker, analysis, persistent
+    del tracker, preview, persistent, previous
 
     tables = [analyses.load_tables(i) for i in range(len(series))]
     frames = _frames_table(series, registration, tables, lineage, pixel_size_um)
@@ -536,7 +552,11 @@ def _frame_task(path_index: int, series: Series, registration, region, phase_mod
 
 
 def _preview(image: np.ndarray) -> np.ndarray:
-    return np.nan_to_num(np.clip(image, 0, 1) * 255, nan=0).astype(np.uint8)
+    # clip(image, 0, 1) * 255 == clip(image * 255, 0, 255) exactly; done in place on one buffer.
+    scaled = np.multiply(image, np.float32(255), dtype=np.float32)
+    np.clip(scaled, 0, 255, out=scaled)
+    np.nan_to_num(scaled, copy=False, nan=0)
+    return scaled.astype(np.uint8)
 
 
 class _Analyses:
@@ -684,7 +704,6 @@ def _write_outputs(result: Result, out: Path, notify: ProgressCallback) -> None:
     }
     write_json(transforms, out / "transforms.json")
     write_json(result.kinetics, out / "kinetics.json")
-    _write_event_maps(result, out)
     notify("write", steps - 1, steps)
     try:
         track.write_geff(result.lineage, out / "lineage.geff")
@@ -693,29 +712,6 @@ def _write_outputs(result: Result, out: Path, notify: ProgressCallback) -> None:
     # run.json last: its presence marks a complete output folder.
     write_json(result.provenance | {"warnings": result.warnings}, out / "run.json")
     notify("write", steps, steps)
-
-
-def _write_event_maps(result: Result, out: Path) -> None:
-    import cv2
-
-    if not result.config.report.event_maps:
-        return
-    events = result.events
-    n = len(result.series)
-    previous = read_label_map(island_map_path(out, 0)) if n else None
-    for i in range(1, n):
-        current = read_label_map(island_map_path(out, i))
-        image = cv2.imread(str(preview_path(out, i)), cv2.IMREAD_GRAYSCALE)
-        interval = events[(events["frame_from"] == i - 1) & (events["frame_to"] == i)]
-        rgb = track.event_map(
-            np.where(result.region, image, np.uint8(0)),
-            previous,
-            current,
-            interval,
-            pixel_size_um=result.series.pixel_size_um,
-        )
-        write_png(rgb, event_map_path(out, i - 1, i))
-        previous = current
 
 
 def _provenance(series: Series, config: Config, registration, phase_model, warnings) -> dict[str, Any]:

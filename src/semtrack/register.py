@@ -84,8 +84,6 @@ _SCORE_SUPPORT = int(math.ceil(4 * _SCORE_SIGMAS[1])) + 2
 _MAX_SCORE_POINTS = 200_000
 # Side of the automatic marker, as a fraction of the field.
 _MARKER_SIZE_FRACTION = 0.5
-# Pixels per band of the inside test of `resample`.
-_RESAMPLE_BAND_PX = 1 << 20
 # Longer side of the level where the global (shift-only) search runs.
 _COARSE_SIDE = 320
 # Smallest marker side, in pixels of the coarse level, for the global search.
@@ -542,7 +540,8 @@ def _cubic_sampler(moving: _Level, tmpl: _Template, matrix: np.ndarray):
     y0 = int(np.clip(np.floor(my.min()) - margin, 0, rows - 1))
     y1 = int(np.clip(np.ceil(my.max()) + margin + 1, y0 + 1, rows))
     coeffs = ndimage.spline_filter(moving.image[y0:y1, x0:x1], order=3, mode="mirror")
-    valid = moving.valid[y0:y1, x0:x1]
+    # Contiguous once: a window view would be copied by every sampling's ravel.
+    valid = np.ascontiguousarray(moving.valid[y0:y1, x0:x1])
 
     def sample(x, y):
         lx, ly = x - x0, y - y0
@@ -582,10 +581,13 @@ def _refine(
         mx = matrix[0, 0] * tmpl.x + matrix[0, 1] * tmpl.y + matrix[0, 2]
         my = matrix[1, 0] * tmpl.x + matrix[1, 1] * tmpl.y + matrix[1, 2]
         vals, ok = sample(mx, my)
-        if ok.sum() < max(16, 2 * tmpl.sd.shape[1]):
+        n_ok = int(np.count_nonzero(ok))
+        if n_ok < max(16, 2 * tmpl.sd.shape[1]):
             break
-        t = tmpl.values[ok]
-        v = vals[ok].astype(np.float64)
+        # Usually every point is inside: then the arrays are used as they are, not copied.
+        every = n_ok == ok.size
+        t = tmpl.values if every else tmpl.values[ok]
+        v = (vals if every else vals[ok]).astype(np.float64)
         # Gain/offset that best explain the frame by the template: brightness/contrast invariance.
         tc = t - t.mean()
         gain = float(np.dot(tc, v - v.mean()) / max(np.dot(tc, tc), 1e-12))
@@ -595,7 +597,7 @@ def _refine(
         scale = 1.4826 * float(np.median(np.abs(err))) + 1e-9 * t_sd
         huber = 1.345 * scale
         w = np.minimum(1.0, huber / np.maximum(np.abs(err), 1e-12))
-        sd = tmpl.sd[ok]
+        sd = tmpl.sd if every else tmpl.sd[ok]
         sdw = sd * w[:, None]
         hess = sdw.T @ sd
         rhs = sdw.T @ err
@@ -1224,19 +1226,58 @@ def resample(image, matrix, output_shape, *, order: int = 1, fill: float = np.na
     out = cv2.warpAffine(
         src, m[:2], (cols, rows), flags=flags[order] | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
     )
-    # Exact inside test (OpenCV resolves positions to 1/32 px only), in bands of rows so the
-    # float64 coordinates never cost more than a fraction of the frame.
-    gx = np.arange(cols, dtype=np.float64)
+    # Exact inside test (OpenCV resolves positions to 1/32 px only): one interval of columns per row.
     half = 0.5 if order == 0 else 0.0
-    band = max(1, _RESAMPLE_BAND_PX // max(cols, 1))
-    for r0 in range(0, rows, band):
-        gy = np.arange(r0, min(r0 + band, rows), dtype=np.float64)[:, None]
-        fx = m[0, 0] * gx + m[0, 1] * gy + m[0, 2]
-        fy = m[1, 0] * gx + m[1, 1] * gy + m[1, 2]
-        inside = (fx >= -half) & (fy >= -half) & (fx <= src.shape[1] - 1 + half) & (fy <= src.shape[0] - 1 + half)
-        part = out[r0 : r0 + gy.shape[0]]
-        part[~inside | np.isnan(part)] = fill
+    start, stop = _inside_columns(m, rows, cols, (-half, src.shape[1] - 1 + half), (-half, src.shape[0] - 1 + half))
+    out[np.isnan(out)] = fill
+    for r in np.flatnonzero((start > 0) | (stop < cols)):
+        out[r, : start[r]] = fill
+        out[r, max(stop[r], start[r]) :] = fill
     return out
+
+
+def _inside_columns(
+    m: np.ndarray, rows: int, cols: int, x_range: tuple[float, float], y_range: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of a ``rows`` x ``cols`` grid, the columns ``[start, stop)`` that ``m`` maps into a box.
+
+    Grid point (x, y) is inside when ``x_range[0] <= m[0] @ (x, y, 1) <= x_range[1]`` and likewise
+    for ``m[1]`` and ``y_range``. Along a row each mapped coordinate is monotone in x, in floating
+    point too (every rounding step is), so each bound is crossed once: a binary search per row
+    finds it with the expression, and so the rounding, of a test of every pixel, in a fraction
+    of its time. Rows without an inside point get ``start >= stop``.
+    """
+    y = np.arange(rows, dtype=np.float64)
+    start = np.zeros(rows, np.int64)
+    stop = np.full(rows, cols, np.int64)
+    for (a, b, c), (low, high) in ((m[0], x_range), (m[1], y_range)):
+
+        def coordinate(x, a=a, b=b, c=c):
+            return a * x + b * y + c
+
+        if a >= 0:  # the coordinate grows along the row (or stays)
+            np.maximum(start, _first_true(lambda x, f=coordinate, v=low: f(x) >= v, rows, cols), out=start)
+            np.minimum(stop, _first_true(lambda x, f=coordinate, v=high: f(x) > v, rows, cols), out=stop)
+        else:
+            np.maximum(start, _first_true(lambda x, f=coordinate, v=high: f(x) <= v, rows, cols), out=start)
+            np.minimum(stop, _first_true(lambda x, f=coordinate, v=low: f(x) < v, rows, cols), out=stop)
+    return start, stop
+
+
+def _first_true(predicate, rows: int, cols: int) -> np.ndarray:
+    """Per row, the first column in [0, cols] where ``predicate`` holds (``cols``: nowhere).
+
+    ``predicate`` maps one float64 column per row to one bool per row and, along a row, is
+    False up to some column and True from there on.
+    """
+    lo = np.zeros(rows, np.int64)
+    hi = np.full(rows, cols, np.int64)
+    while (searching := lo < hi).any():
+        mid = (lo + hi) // 2
+        holds = predicate(mid.astype(np.float64))
+        hi = np.where(searching & holds, mid, hi)
+        lo = np.where(searching & ~holds, mid + 1, lo)
+    return lo
 
 
 def analysed_region(
@@ -1275,15 +1316,16 @@ def analysed_region(
             f"need one entry per registered frame ({len(mats)})."
         )
     rows, cols = (int(v) for v in frame_shapes[registration.reference])
-    gx = np.arange(cols, dtype=np.float64)
-    gy = np.arange(rows, dtype=np.float64)[:, None]
-    region = np.ones((rows, cols), dtype=bool)
+    start = np.zeros(rows, np.int64)
+    stop = np.full(rows, cols, np.int64)
     for m, shape, vrows in zip(mats, frame_shapes, frame_valid_rows):
-        fx = m[0, 0] * gx + m[0, 1] * gy + m[0, 2]
-        fy = m[1, 0] * gx + m[1, 1] * gy + m[1, 2]
-        region &= (fx >= margin_px) & (fx <= shape[1] - 1 - margin_px)
-        region &= (fy >= margin_px) & (fy <= min(int(vrows), shape[0]) - 1 - margin_px)
-    return region
+        x_range = (margin_px, shape[1] - 1 - margin_px)
+        y_range = (margin_px, min(int(vrows), shape[0]) - 1 - margin_px)
+        first, end = _inside_columns(m, rows, cols, x_range, y_range)
+        np.maximum(start, first, out=start)
+        np.minimum(stop, end, out=stop)
+    columns = np.arange(cols)
+    return (columns >= start[:, None]) & (columns < stop[:, None])
 
 
 def transform_parameters(matrix) -> dict[str, float]:

@@ -130,9 +130,7 @@ def _length_scale(pixel_size_um: float | None) -> float:
     if pixel_size_um is None:
         return 1.0
     if not np.isfinite(pixel_size_um) or pixel_size_um <= 0:
-        raise ValueError(
-            f"`pixel_size_um` must be a positive number or None (uncalibrated), got {pixel_size_um!r}"
-        )
+        raise ValueError(f"`pixel_size_um` must be a positive number or None (uncalibrated), got {pixel_size_um!r}")
     return float(pixel_size_um)
 
 
@@ -237,12 +235,16 @@ def label_islands(
     labels, n = ndi.label(mask, structure=_CROSS)
     if n == 0:
         return labels.astype(np.int32, copy=False)
-    area = np.bincount(labels.ravel(), minlength=n + 1)
+    # Islands are a few per cent of the frame: only their pixels are counted and renumbered.
+    island = labels[mask]
+    area = np.bincount(island, minlength=n + 1)
     keep = area >= min_area_px
     keep[0] = False
     lut = np.zeros(n + 1, np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[labels]
+    out = np.zeros(labels.shape, np.int32)
+    out[mask] = lut[island]
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -535,7 +537,19 @@ class IslandTracker:
         self._record_frame(frame, origin, parents)
         frame.parents = np.concatenate([[""], parents]).astype(object)
         self._prev = frame
-        return frame.ids.astype(np.int32)[frame.labels]
+        # Persistent ids only where there are islands, a few per cent of the frame.
+        persistent = np.zeros(frame.labels.shape, np.int32)
+        on = frame.labels > 0
+        persistent[on] = frame.ids.astype(np.int32)[frame.labels[on]]
+        return persistent
+
+    def last_events(self) -> pd.DataFrame:
+        """The events between the last two frames added (their rows of :attr:`Lineage.events`).
+
+        Final as soon as the later frame is added, so an event map can be drawn while the
+        series streams; empty before the second frame.
+        """
+        return self._event_rows[-1] if self._event_rows else _empty_events()
 
     def result(self) -> Lineage:
         """The lineage so far (islands, events, graph, per-frame and per-interval tables)."""
@@ -543,9 +557,10 @@ class IslandTracker:
             islands = pd.DataFrame({k: np.concatenate([r[k] for r in self._island_rows]) for k in ISLAND_COLUMNS})
         else:
             islands = pd.DataFrame({k: pd.Series(dtype=object) for k in ISLAND_COLUMNS})
-        islands = islands.astype({"frame": np.int64, "island_id": np.int64, "area_px": np.int64,
-                                  "touches_border": bool})
-        events = (pd.concat(self._event_rows, ignore_index=True) if self._event_rows else _empty_events())
+        islands = islands.astype(
+            {"frame": np.int64, "island_id": np.int64, "area_px": np.int64, "touches_border": bool}
+        )
+        events = pd.concat(self._event_rows, ignore_index=True) if self._event_rows else _empty_events()
         frames = pd.DataFrame(self._frame_rows)
         intervals = pd.DataFrame(self._interval_rows)
         return Lineage(
@@ -656,8 +671,10 @@ class IslandTracker:
         pa, pb, pc = [], [], []
         for a in np.flatnonzero(lonely_a):
             r0, r1, c0, c1 = prev.bbox[:, a]
-            win = (slice(max(r0 - radius, 0), min(r1 + radius + 1, rows)),
-                   slice(max(c0 - radius, 0), min(c1 + radius + 1, cols)))
+            win = (
+                slice(max(r0 - radius, 0), min(r1 + radius + 1, rows)),
+                slice(max(c0 - radius, 0), min(c1 + radius + 1, cols)),
+            )
             grown = cv2.dilate((prev.labels[win] == a).view(np.uint8), kernel).view(bool)
             near = cur.labels[win][grown]
             near = near[lonely_b[near]]
@@ -712,7 +729,9 @@ class IslandTracker:
 
         # Fraction of each unlinked island's footprint imaged in the other frame.
         def observed_fraction(frame, other_observed):
-            if other_observed is None:
+            # A frame's labels are 0 outside its own observed pixels: the same mask hides nothing
+            # (the pipeline passes one region for every frame).
+            if other_observed is None or other_observed is frame.observed:
                 return np.ones(frame.n + 1)
             hidden = np.bincount(frame.labels[~other_observed], minlength=frame.n + 1)
             return 1.0 - hidden / np.maximum(frame.area_px, 1)
@@ -747,9 +766,7 @@ class IslandTracker:
         reorg_b = np.zeros(nb + 1, bool)
         if oa.size:
             nodes = na + 1 + nb + 1
-            graph = sparse.coo_matrix(
-                (np.ones(oa.size), (oa, na + 1 + ob)), shape=(nodes, nodes)
-            ).tocsr()
+            graph = sparse.coo_matrix((np.ones(oa.size), (oa, na + 1 + ob)), shape=(nodes, nodes)).tocsr()
             _, comp = csgraph.connected_components(graph, directed=False)
             ua = np.unique(oa)
             ub = np.unique(ob)
@@ -759,9 +776,7 @@ class IslandTracker:
             reorg_a[ua] = nm[comp[ua]]
             reorg_b[ub] = nm[comp[na + 1 + ub]]
 
-        self._event_rows.append(
-            self._events(prev, cur, ea, eb, origin, fate, children_parents, reorg_a, reorg_b)
-        )
+        self._event_rows.append(self._events(prev, cur, ea, eb, origin, fate, children_parents, reorg_a, reorg_b))
         self._interval_rows.append(self._pixel_changes(prev, cur, persisted_px))
         return origin[1:], parents
 
@@ -782,25 +797,64 @@ class IslandTracker:
             rows["reorganisation"].append(bool(reorg))
 
         for b in np.flatnonzero((origin == "formed") | (origin == "entered_region")):
-            add(origin[b] if origin[b] == "entered_region" else "formation", cur.x_px[b], cur.y_px[b], "",
-                str(int(cur.ids[b])), cur.area_px[b], 0, cur.area_px[b], cur.touches[b], False)
+            add(
+                origin[b] if origin[b] == "entered_region" else "formation",
+                cur.x_px[b],
+                cur.y_px[b],
+                "",
+                str(int(cur.ids[b])),
+                cur.area_px[b],
+                0,
+                cur.area_px[b],
+                cur.touches[b],
+                False,
+            )
         lookup_a = {int(i): k for k, i in enumerate(prev.ids)}
         for b in np.flatnonzero(origin == "coalesced"):
             pids = children_parents[int(b)]
             pa = np.array([lookup_a[int(p)] for p in pids])
-            add("coalescence", cur.x_px[b], cur.y_px[b], _join(pids), str(int(cur.ids[b])), cur.area_px[b],
-                prev.area_px[pa].sum(), cur.area_px[b], cur.touches[b] or prev.touches[pa].any(), reorg_b[b])
+            add(
+                "coalescence",
+                cur.x_px[b],
+                cur.y_px[b],
+                _join(pids),
+                str(int(cur.ids[b])),
+                cur.area_px[b],
+                prev.area_px[pa].sum(),
+                cur.area_px[b],
+                cur.touches[b] or prev.touches[pa].any(),
+                reorg_b[b],
+            )
         if ea.size:
             order = np.lexsort((cur.ids[eb], ea))
             sa, sb = ea[order], eb[order]
             for a in np.flatnonzero(fate == "split"):
                 kids = sb[sa == a]
-                add("split", prev.x_px[a], prev.y_px[a], str(int(prev.ids[a])), _join(cur.ids[kids]),
-                    prev.area_px[a], prev.area_px[a], cur.area_px[kids].sum(),
-                    prev.touches[a] or cur.touches[kids].any(), reorg_a[a])
+                add(
+                    "split",
+                    prev.x_px[a],
+                    prev.y_px[a],
+                    str(int(prev.ids[a])),
+                    _join(cur.ids[kids]),
+                    prev.area_px[a],
+                    prev.area_px[a],
+                    cur.area_px[kids].sum(),
+                    prev.touches[a] or cur.touches[kids].any(),
+                    reorg_a[a],
+                )
         for a in np.flatnonzero((fate == "dissolved") | (fate == "left_region")):
-            add("dissolution" if fate[a] == "dissolved" else "left_region", prev.x_px[a], prev.y_px[a],
-                str(int(prev.ids[a])), "", prev.area_px[a], prev.area_px[a], 0, prev.touches[a], False)
+            add(
+                "dissolution" if fate[a] == "dissolved" else "left_region",
+                prev.x_px[a],
+                prev.y_px[a],
+                str(int(prev.ids[a])),
+                "",
+                prev.area_px[a],
+                prev.area_px[a],
+                0,
+                prev.touches[a],
+                False,
+            )
 
         n = len(rows["event"])
         rows["frame_from"] = [prev.index] * n
@@ -813,20 +867,14 @@ class IslandTracker:
 
     def _pixel_changes(self, prev: _Frame, cur: _Frame, persisted_px: int) -> dict:
         a2 = self._scale**2
-        if cur.observed is None:
-            before = int(np.count_nonzero(prev.labels))
-        else:
-            before = int(np.count_nonzero(prev.labels[cur.observed]))
-        if prev.observed is None:
-            after = int(np.count_nonzero(cur.labels))
-        else:
-            after = int(np.count_nonzero(cur.labels[prev.observed]))
+        before = _island_px_within(prev, cur.observed)
+        after = _island_px_within(cur, prev.observed)
         if prev.observed is None and cur.observed is None:
             common = prev.labels.size
         elif prev.observed is None:
-            common = int(cur.observed.sum())
-        elif cur.observed is None:
-            common = int(prev.observed.sum())
+            common = int(np.count_nonzero(cur.observed))
+        elif cur.observed is None or cur.observed is prev.observed:
+            common = int(np.count_nonzero(prev.observed))
         else:
             common = int(np.count_nonzero(prev.observed & cur.observed))
         return {
@@ -841,6 +889,13 @@ class IslandTracker:
             "vanished_area_um2": (before - persisted_px) * a2,
             "newly_covered_area_um2": (after - persisted_px) * a2,
         }
+
+
+def _island_px_within(frame: _Frame, observed: np.ndarray | None) -> int:
+    """Island pixels of ``frame`` inside ``observed`` (its labels are 0 outside its own observed mask)."""
+    if observed is None or observed is frame.observed:
+        return int(np.count_nonzero(frame.labels))
+    return int(np.count_nonzero(frame.labels[observed]))
 
 
 def link_islands(
@@ -1105,14 +1160,21 @@ def _fit_jmak(t: np.ndarray, f: np.ndarray, free_fmax: bool) -> tuple[float, flo
                 if free_fmax:
                     p, _ = optimize.curve_fit(
                         lambda tt, lk, n, fm: _jmak(tt, np.exp(lk), n, fm),
-                        t, f, p0=(-np.log(t_half), n0, f0),
-                        bounds=([-30, 0.1, f_top * 0.5], [10, 6, 1.0]), maxfev=5000,
+                        t,
+                        f,
+                        p0=(-np.log(t_half), n0, f0),
+                        bounds=([-30, 0.1, f_top * 0.5], [10, 6, 1.0]),
+                        maxfev=5000,
                     )
                     k, n, fm = float(np.exp(p[0])), float(p[1]), float(p[2])
                 else:
                     p, _ = optimize.curve_fit(
                         lambda tt, lk, n: _jmak(tt, np.exp(lk), n, 1.0),
-                        t, f, p0=(-np.log(t_half) - 3, n0), bounds=([-40, 0.1], [10, 6]), maxfev=5000,
+                        t,
+                        f,
+                        p0=(-np.log(t_half) - 3, n0),
+                        bounds=([-40, 0.1], [10, 6]),
+                        maxfev=5000,
                     )
                     k, n, fm = float(np.exp(p[0])), float(p[1]), 1.0
             except (RuntimeError, ValueError):
@@ -1204,14 +1266,16 @@ def fit_kinetics(
             out.update(k_per_h=k, n=n, f_max=fm, r2=_r2(f_ok, _jmak(t_ok, k, n, fm), n_params))
             out["jmak_fitted"] = "k, n, f_max" if free_fmax else "k, n (f_max fixed at 1)"
             out["jmak_note"] = (
-                "fitted" if free_fmax else
-                f"f_max fixed at 1: {t_ok.size} frames ({n_pos} with islands) cannot separate saturation from rate"
+                "fitted"
+                if free_fmax
+                else f"f_max fixed at 1: {t_ok.size} frames ({n_pos} with islands) cannot separate saturation from rate"
             )
             if not np.isfinite(out["r2"]):
                 out["jmak_note"] += "; exact fit (no more frames than parameters), r2 undefined"
 
-    out.update(size_model="A = a * t^p", size_prefactor_um2=float("nan"), size_exponent=float("nan"),
-               size_r2=float("nan"))
+    out.update(
+        size_model="A = a * t^p", size_prefactor_um2=float("nan"), size_exponent=float("nan"), size_r2=float("nan")
+    )
     if mean_island_area_um2 is None:
         out["size_note"] = "not given"
         return out
@@ -1224,8 +1288,11 @@ def fit_kinetics(
         return out
     x, y = np.log(t[use]), np.log(a[use])
     slope, intercept = np.polyfit(x, y, 1)
-    out.update(size_prefactor_um2=float(np.exp(intercept)), size_exponent=float(slope),
-               size_r2=_r2(y, intercept + slope * x, 2))
+    out.update(
+        size_prefactor_um2=float(np.exp(intercept)),
+        size_exponent=float(slope),
+        size_r2=_r2(y, intercept + slope * x, 2),
+    )
     out["size_note"] = "fitted" if use.sum() > 2 else "exact fit through 2 frames, r2 undefined"
     return out
 
@@ -1246,6 +1313,8 @@ _OUTLINE_RGB = (0, 220, 255)
 
 
 def _to_rgb(image: np.ndarray) -> np.ndarray:
+    import cv2
+
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[2] == 3:
         grey = image.mean(axis=2)
@@ -1258,25 +1327,31 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
             grey = grey / float(np.iinfo(image.dtype).max)
         grey = np.clip(np.nan_to_num(np.asarray(grey, dtype=np.float32)), 0, 1)
         grey = (grey * 255 + 0.5).astype(np.uint8)
-    return np.repeat(grey[:, :, None], 3, axis=2)
+    return cv2.cvtColor(np.ascontiguousarray(grey), cv2.COLOR_GRAY2RGB)
 
 
 def _outline(labels: np.ndarray) -> np.ndarray:
-    """Pixels of an island that 4-touch another label or background."""
+    """Flat indices of the pixels of an island that 4-touch another label or background."""
     lab = labels
     edge = np.zeros(lab.shape, bool)
-    edge[:-1] |= lab[:-1] != lab[1:]
-    edge[1:] |= lab[1:] != lab[:-1]
-    edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
-    edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
-    return edge & (lab > 0)
+    # Each comparison serves both pixels of a pair.
+    vertical = lab[:-1] != lab[1:]
+    edge[:-1] |= vertical
+    edge[1:] |= vertical
+    del vertical
+    horizontal = lab[:, :-1] != lab[:, 1:]
+    edge[:, :-1] |= horizontal
+    edge[:, 1:] |= horizontal
+    del horizontal
+    edge &= lab > 0
+    return np.flatnonzero(edge)
 
 
-def _member(labels: np.ndarray, ids: list[int]) -> np.ndarray:
-    """``np.isin(labels, ids)`` by table lookup (island ids are small positive integers)."""
-    table = np.zeros(max(int(labels.max()), max(ids)) + 1, bool)
+def _member(values: np.ndarray, ids: list[int]) -> np.ndarray:
+    """``np.isin(values, ids)`` by table lookup (island ids are small positive integers)."""
+    table = np.zeros(max(int(values.max(initial=0)), max(ids)) + 1, bool)
     table[ids] = True
-    return table[labels]
+    return table[values]
 
 
 def event_map(
@@ -1339,22 +1414,35 @@ def event_map(
     thick = max(1, int(round(side / 600)))
     mark = max(5, int(round(side / 90)))
 
+    # Outlines are a small part of the frame: they are drawn through their flat indices.
+    pixels = rgb.reshape(-1, 3)
     after_edge = _outline(after)
-    rgb[after_edge] = _OUTLINE_RGB
+    pixels[after_edge] = _OUTLINE_RGB
     ev = events_interval
-    ids_of = {kind: [i for s in ev.loc[ev["event"] == kind, col] for i in _split_ids(s)]
-              for kind, col in (("dissolution", "islands_before"), ("coalescence", "islands_after"),
-                                ("split", "islands_after"))}
+    ids_of = {
+        kind: [i for s in ev.loc[ev["event"] == kind, col] for i in _split_ids(s)]
+        for kind, col in (
+            ("dissolution", "islands_before"),
+            ("coalescence", "islands_after"),
+            ("split", "islands_after"),
+        )
+    }
     # The outline of some islands is their part of the outline of all: a neighbour that is another
     # island is a boundary either way.
     if ids_of["dissolution"]:
-        rgb[_outline(before) & _member(before, ids_of["dissolution"])] = EVENT_STYLE["dissolution"][0]
+        before_edge = _outline(before)
+        dissolved = _member(before.ravel()[before_edge], ids_of["dissolution"])
+        pixels[before_edge[dissolved]] = EVENT_STYLE["dissolution"][0]
     for kind in ("coalescence", "split"):
         if ids_of[kind]:
-            rgb[after_edge & _member(after, ids_of[kind])] = EVENT_STYLE[kind][0]
+            pixels[after_edge[_member(after.ravel()[after_edge], ids_of[kind])]] = EVENT_STYLE[kind][0]
 
-    markers = {"square": cv2.MARKER_SQUARE, "diamond": cv2.MARKER_DIAMOND, "x": cv2.MARKER_TILTED_CROSS,
-               "triangle": cv2.MARKER_TRIANGLE_UP}
+    markers = {
+        "square": cv2.MARKER_SQUARE,
+        "diamond": cv2.MARKER_DIAMOND,
+        "x": cv2.MARKER_TILTED_CROSS,
+        "triangle": cv2.MARKER_TRIANGLE_UP,
+    }
     for row in ev.itertuples(index=False):
         if row.event not in EVENT_STYLE or not (np.isfinite(row.x_px) and np.isfinite(row.y_px)):
             continue
@@ -1382,14 +1470,20 @@ def _legend(rgb: np.ndarray, ev: pd.DataFrame, thick: int, cv2) -> None:
     # The corner hiding the fewest events holds the legend.
     corners = [(4, 4), (W - bw - 4, 4), (4, H - bh - 4), (W - bw - 4, H - bh - 4)]
     xs, ys = ev["x_px"].to_numpy(float), ev["y_px"].to_numpy(float)
-    hidden = [int(np.sum((xs >= cx - step) & (xs < cx + bw + step) & (ys >= cy - step) & (ys < cy + bh + step)))
-              for cx, cy in corners]
+    hidden = [
+        int(np.sum((xs >= cx - step) & (xs < cx + bw + step) & (ys >= cy - step) & (ys < cy + bh + step)))
+        for cx, cy in corners
+    ]
     x0, y0 = (max(v, 0) for v in corners[int(np.argmin(hidden))])
     box = (x0 + bw, y0 + bh)
-    sub = rgb[y0:box[1], x0:box[0]]
+    sub = rgb[y0 : box[1], x0 : box[0]]
     sub[:] = (sub * 0.35).astype(np.uint8)  # darken, keep the image faintly visible
-    markers = {"square": cv2.MARKER_SQUARE, "diamond": cv2.MARKER_DIAMOND, "x": cv2.MARKER_TILTED_CROSS,
-               "triangle": cv2.MARKER_TRIANGLE_UP}
+    markers = {
+        "square": cv2.MARKER_SQUARE,
+        "diamond": cv2.MARKER_DIAMOND,
+        "x": cv2.MARKER_TILTED_CROSS,
+        "triangle": cv2.MARKER_TRIANGLE_UP,
+    }
     for i, (kind, text) in enumerate(lines):
         colour, shape = EVENT_STYLE[kind]
         cy = y0 + 3 + step * i + step // 2
@@ -1398,8 +1492,16 @@ def _legend(rgb: np.ndarray, ev: pd.DataFrame, thick: int, cv2) -> None:
             cv2.circle(rgb, (cx, cy), max(2, step // 3), colour, thick, cv2.LINE_AA)
         else:
             cv2.drawMarker(rgb, (cx, cy), colour, markers[shape], max(4, 2 * step // 3), thick, cv2.LINE_AA)
-        cv2.putText(rgb, text, (cx + step // 2 + 4, cy + h // 2), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
-                    (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(
+            rgb,
+            text,
+            (cx + step // 2 + 4, cy + h // 2),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            font_scale,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -1515,13 +1617,20 @@ def write_geff(lineage: Lineage, path: str | Path) -> Path:
     space = {"unit": "pixel"} if scale is None else {"unit": "pixel", "scale": scale, "scaled_unit": "micrometer"}
     metadata = GeffMetadata(
         directed=True,
-        axes=[Axis(name="t", type="time", unit="frame"), Axis(name="y", type="space", **space),
-              Axis(name="x", type="space", **space)],
+        axes=[
+            Axis(name="t", type="time", unit="frame"),
+            Axis(name="y", type="space", **space),
+            Axis(name="x", type="space", **space),
+        ],
         node_props_metadata={},
         edge_props_metadata={},
         track_node_props={"tracklet": "island_id"},
-        extra={"semtrack": {"edge_kind_codes": GEFF_EDGE_KINDS,
-                            "frame_times_h": [float(t) for t in lineage.frames.get("time_h", [])]}},
+        extra={
+            "semtrack": {
+                "edge_kind_codes": GEFF_EDGE_KINDS,
+                "frame_times_h": [float(t) for t in lineage.frames.get("time_h", [])],
+            }
+        },
     )
     try:
         write_arrays(path, node_ids, node_props, edges, edge_props, metadata, overwrite=True)
@@ -1545,9 +1654,7 @@ def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
     return p, r, f1
 
 
-def score_events(
-    predicted_events: pd.DataFrame, true_events: pd.DataFrame, *, max_distance_px: float
-) -> pd.DataFrame:
+def score_events(predicted_events: pd.DataFrame, true_events: pd.DataFrame, *, max_distance_px: float) -> pd.DataFrame:
     """Precision, recall and F1 of detected events, per event type.
 
     A predicted event matches a true one of the same type, the same
@@ -1614,8 +1721,7 @@ def score_events(
     main = [r for r in rows if r[0] in EVENT_TYPES]
     tp, fp, fn = (sum(r[i] for r in main) for i in (3, 4, 5))
     rows.append(("all", sum(r[1] for r in main), sum(r[2] for r in main), tp, fp, fn, *_prf(tp, fp, fn)))
-    return pd.DataFrame(rows, columns=["event", "n_true", "n_predicted", "tp", "fp", "fn", "precision",
-                                       "recall", "f1"])
+    return pd.DataFrame(rows, columns=["event", "n_true", "n_predicted", "tp", "fp", "fn", "precision", "recall", "f1"])
 
 
 def area_balance(islands: pd.DataFrame, events: pd.DataFrame, *, rtol: float = 1e-9) -> pd.DataFrame:
@@ -1652,10 +1758,12 @@ def area_balance(islands: pd.DataFrame, events: pd.DataFrame, *, rtol: float = 1
     >>> area_balance(lin.islands, lin.events)[["dissolved_um2", "residual_before_um2", "balanced"]].to_dict("records")
     [{'dissolved_um2': 4.0, 'residual_before_um2': 0.0, 'balanced': True}]
     """
-    frames = sorted(set(islands["frame"].astype(int)) | set(events["frame_from"].astype(int))
-                    | set(events["frame_to"].astype(int)))
-    area_of = {(int(f), int(i)): float(a) for f, i, a in zip(islands["frame"], islands["island_id"],
-                                                             islands["area_um2"])}
+    frames = sorted(
+        set(islands["frame"].astype(int)) | set(events["frame_from"].astype(int)) | set(events["frame_to"].astype(int))
+    )
+    area_of = {
+        (int(f), int(i)): float(a) for f, i, a in zip(islands["frame"], islands["island_id"], islands["area_um2"])
+    }
     rows = []
     for f, g in zip(frames[:-1], frames[1:]):
         before = islands.loc[islands["frame"] == f]
@@ -1688,16 +1796,30 @@ def area_balance(islands: pd.DataFrame, events: pd.DataFrame, *, rtol: float = 1
             "formed_um2": event_area("formation", "islands_after", g),
             "entered_region_um2": event_area("entered_region", "islands_after", g),
         }
-        row["residual_before_um2"] = (row["area_before_um2"] - row["continued_before_um2"]
-                                      - row["dissolved_um2"] - row["left_region_um2"])
-        row["residual_after_um2"] = (row["area_after_um2"] - row["continued_after_um2"]
-                                     - row["formed_um2"] - row["entered_region_um2"])
+        row["residual_before_um2"] = (
+            row["area_before_um2"] - row["continued_before_um2"] - row["dissolved_um2"] - row["left_region_um2"]
+        )
+        row["residual_after_um2"] = (
+            row["area_after_um2"] - row["continued_after_um2"] - row["formed_um2"] - row["entered_region_um2"]
+        )
         tol = rtol * max(row["area_before_um2"], row["area_after_um2"], 1.0)
         row["balanced"] = abs(row["residual_before_um2"]) <= tol and abs(row["residual_after_um2"]) <= tol
         rows.append(row)
-    columns = ["frame_from", "frame_to", "area_before_um2", "continued_before_um2", "dissolved_um2",
-               "left_region_um2", "residual_before_um2", "area_after_um2", "continued_after_um2", "formed_um2",
-               "entered_region_um2", "residual_after_um2", "balanced"]
+    columns = [
+        "frame_from",
+        "frame_to",
+        "area_before_um2",
+        "continued_before_um2",
+        "dissolved_um2",
+        "left_region_um2",
+        "residual_before_um2",
+        "area_after_um2",
+        "continued_after_um2",
+        "formed_um2",
+        "entered_region_um2",
+        "residual_after_um2",
+        "balanced",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -1776,8 +1898,13 @@ def linking_metrics(
         present_p.append(pids)
         hits = pd.Series(list(m.values())).value_counts() if m else pd.Series(dtype=int)
         one_to_one = int((hits == 1).sum())
-        det = [det[0] + len(tids), det[1] + len(pids), det[2] + one_to_one,
-               det[3] + len(pids) - one_to_one, det[4] + len(tids) - one_to_one]
+        det = [
+            det[0] + len(tids),
+            det[1] + len(pids),
+            det[2] + one_to_one,
+            det[3] + len(pids) - one_to_one,
+            det[4] + len(tids) - one_to_one,
+        ]
 
     def links_from_ids(present):
         return {(k, i, i) for k in range(len(present) - 1) for i in present[k] & present[k + 1]}
@@ -1818,5 +1945,6 @@ def linking_metrics(
         all_t |= lin_t
         all_p |= lin_p
     rows.append(["links", *score(all_t, all_p)])
-    return pd.DataFrame(rows, columns=["kind", "n_true", "n_predicted", "tp", "fp", "fn", "precision",
-                                       "recall", "f1", "score"])
+    return pd.DataFrame(
+        rows, columns=["kind", "n_true", "n_predicted", "tp", "fp", "fn", "precision", "recall", "f1", "score"]
+    )
