@@ -354,10 +354,11 @@ def _find_thresholds(values: np.ndarray, n: int, min_valley: float = _MIN_VALLEY
 
     Valleys of the log-histogram do not depend on the phase fractions, so a 1 % phase (pores,
     young Na3PO4 islands) keeps its own class while a dominant phase with grain-to-grain
-    orientation contrast is not split. A class too scarce or too broad to leave a valley beside a
-    dominant one (glass films at 5 % beside NaSICON) is split off by the minimum-error criterion
-    (the two-Gaussian fit) within the segment between the valleys found. When the phases overlap
-    into one peak (no valley at all), Otsu's between-class variance decides.
+    orientation contrast is not split. A class too scarce or too broad to leave a clear valley
+    beside a dominant one (glass films at 5 % beside NaSICON) takes the most prominent faint valley
+    (its shoulder), else is split off by the minimum-error criterion (a two-Gaussian fit) within a
+    segment between the valleys found. When the phases overlap into one peak (no valley at all),
+    Otsu's between-class variance decides.
     """
     hist, centres = _histogram(values)
     # a small phase may leave only a shallow valley: accept it before falling back
@@ -365,8 +366,8 @@ def _find_thresholds(values: np.ndarray, n: int, min_valley: float = _MIN_VALLEY
     if idx.size == 0:
         return _multiotsu(values, n)
     if idx.size < n - 1:
-        # then the most prominent of the faint valleys (a scarce phase's shoulder on a dominant peak)
-        # (deeper ones are the valleys already taken, or the same gaps merged with stray pixels)
+        # the most prominent faint valleys (a scarce phase's shoulder on a dominant peak); deeper ones
+        # are the valleys already taken, or the same gaps merged with the stray pixels in them
         weak, prom = _valley_candidates(hist, _FAINT_VALLEY)
         weak = weak[prom < 0.6 * min_valley][: n - 1 - idx.size]
         idx = np.sort(np.append(idx, weak)).astype(int)
@@ -425,7 +426,13 @@ def _valley_candidates(hist: np.ndarray, min_valley: float) -> tuple[np.ndarray,
 
 def _best_split(hist: np.ndarray, cuts: np.ndarray) -> int | None:
     """Bin at which splitting one segment of the histogram (between ``cuts``) in two lowers the
-    minimum-error criterion (Kittler & Illingworth) the most, or None when no split helps."""
+    minimum-error criterion the most, or None when no split helps.
+
+    The criterion (J. Kittler and J. Illingworth, "Minimum error thresholding", Pattern Recognition
+    19 (1986) 41-47, doi:10.1016/0031-3203(86)90030-0) is the classification error of a Gaussian
+    mixture: unlike Otsu's, it places a boundary well beside a small broad class next to a large
+    narrow one.
+    """
     bins = np.arange(hist.size, dtype=float)
     total = hist.sum()
     bounds = np.concatenate([[0], cuts, [hist.size]]).astype(int)
@@ -521,7 +528,9 @@ def _normalise_frame(values, thresholds_u, ia, ib, n, n_iter=8, hint=None):
 
     Starts from the frame's own multi-Otsu classes, then alternates classification with the shared
     thresholds and re-estimation of the anchor medians, so that phase fractions (which change between
-    frames) do not move the class definitions.
+    frames) do not move the class definitions. An anchor class holding less than ``_SCARCE_ANCHOR``
+    of the pixels is not re-estimated from its median: the other anchor and the frame's valleys,
+    matched to the shared thresholds, fix the map then.
     """
     if hint is not None:
         lo, hi = np.quantile(values, [0.001, 0.999])
@@ -604,7 +613,11 @@ def fit_phase_model(
     Na3PO4 before exposure, a dense pellet without pores). Subsets of the other phases are tried
     from the largest down; the first whose every class is populated and stands apart from its
     neighbours (gap between class medians against their robust spreads) wins, and an absent phase
-    gets an empty class (two equal thresholds) rather than a split-off part of a neighbour. When a
+    gets an empty class (two equal thresholds) rather than a split-off part of a neighbour. Fits
+    whose class boundaries all lie on valleys of the pooled histogram go first; a fit is rejected
+    when the darker anchor is near black while darker phases exist (pores or a shadow taken for
+    glass), or when the frames' anchor contrasts differ more than 1.6-fold (a frame mapped onto
+    other phases). When a
     lone class darker than the anchors could be either of two phases, it is the darkest phase
     (pores) if its image intensity is below half the darker anchor's (near black), else the other.
     Frames showing a single phase (grey levels within the noise) are left out of the fit.
@@ -794,7 +807,7 @@ def _fit_present(samples, n, ia, ib, n_rounds):
     neighbouring phase in two. Fits whose every boundary is a valley of the pooled histogram are
     preferred: a boundary put by the minimum-error split (no valley there) may cut a class out of
     the flank of a skewed phase (NaSICON with its edge halos), so it counts only when no subset
-    of the phases is separated by valleys alone.
+    of the phases is separated by valleys alone. See :func:`_stands_apart` for the tests.
     """
     optional = [k for k in range(n) if k not in (ia, ib)]
     fits = {}
@@ -830,8 +843,14 @@ _VALLEY_TOLERANCE = 0.1
 
 
 def _stands_apart(ranks, fit, optional, ia, ib) -> tuple[bool, bool]:
-    """Whether every class of a fit stands apart from its neighbours (see _fit_present), and
-    whether every boundary lies on a valley of the pooled histogram."""
+    """Whether a fit is plausible and every class stands apart from its neighbours, and whether every
+    boundary lies on a valley of the pooled histogram.
+
+    Plausible: the darker anchor is not near black when darker phases exist, and the frames' anchor
+    contrasts agree within ``_MAX_CONTRAST_RATIO``. Apart: both anchors reach
+    ``_MIN_ANCHOR_SEPARATION``; every other class holds ``_MIN_SHARE`` of the pixels, reaches
+    ``_MIN_SEPARATION`` and lies ``_MIN_GAP`` from its neighbours.
+    """
     maps, thresholds, medians, pooled = fit
     ja, jb = ranks.index(ia), ranks.index(ib)
     share, sep = _separation(pooled, thresholds, len(ranks))
