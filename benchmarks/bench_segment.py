@@ -15,7 +15,10 @@
    same for all seven images. Plain Otsu shown for scale.
    Also series with a phase absent from every frame (no Na3PO4; no Na3PO4 and no pores): the
    absent phase must come out at 0 %, the others within the same targets.
-3. Speed: ``segment_frame`` and ``PixelClassifier.predict`` on a 2048 x 1536 synthetic frame with
+3. Model selection over 128 short series (384 x 512, 2 frames at 24 and 96 h; seeds 0-3 x glass
+   5/12/20/35 % x with/without Na3PO4 x with/without pores x dose 150/60 e-/px): the largest fraction
+   error over frames and phases per series. Target: every series within 1 point.
+4. Speed: ``segment_frame`` and ``PixelClassifier.predict`` on a 2048 x 1536 synthetic frame with
    ``cv2.setNumThreads(1)``, wall and CPU (process) time (run with OMP_NUM_THREADS=1 and
    OPENBLAS_NUM_THREADS=1 for one-core figures).
 

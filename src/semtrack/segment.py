@@ -76,6 +76,8 @@ _CLASSIFIER_VERSION = 3  # 2: features normalised on the stable phases; 3: train
 #: Depth (log-count units) a histogram valley needs to count as a phase boundary (about 7x fewer
 #: pixels than the smaller neighbouring peak).
 _MIN_VALLEY = 2.0
+#: Depth of the faint valleys tried next, before a minimum-error split, when too few valleys are found.
+_FAINT_VALLEY = 0.5
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,29 +361,120 @@ def _find_thresholds(values: np.ndarray, n: int, min_valley: float = _MIN_VALLEY
 
     Valleys of the log-histogram do not depend on the phase fractions, so a 1 % phase (pores,
     young Na3PO4 islands) keeps its own class while a dominant phase with grain-to-grain
-    orientation contrast is not split. When the phases overlap into one peak (no valley deeper
-    than ``min_valley`` in log-count units), Otsu's between-class variance decides.
+    orientation contrast is not split. A class too scarce or too broad to leave a clear valley
+    beside a dominant one (glass films at 5 % beside NaSICON) takes the most prominent faint valley
+    (its shoulder), else is split off by the minimum-error criterion (a two-Gaussian fit) within a
+    segment between the valleys found. When the phases overlap into one peak (no valley at all),
+    Otsu's between-class variance decides.
     """
+    hist, centres = _histogram(values)
+    # a small phase may leave only a shallow valley: accept it before falling back
+    idx = _valley_bins(hist, n, 0.6 * min_valley)
+    if idx.size == 0:
+        return _multiotsu(values, n)
+    if idx.size < n - 1:
+        # the most prominent faint valleys (a scarce phase's shoulder on a dominant peak); deeper ones
+        # are the valleys already taken, or the same gaps merged with the stray pixels in them
+        weak, prom = _valley_candidates(hist, _FAINT_VALLEY)
+        weak = weak[prom < 0.6 * min_valley][: n - 1 - idx.size]
+        idx = np.sort(np.append(idx, weak)).astype(int)
+    while idx.size < n - 1:
+        split = _best_split(hist, idx)
+        if split is None:
+            return _multiotsu(values, n)
+        idx = np.sort(np.append(idx, split))
+    return centres[idx]
+
+
+def _histogram(values: np.ndarray, n_bins: int = 256) -> tuple[np.ndarray, np.ndarray]:
     lo, hi = np.quantile(values, [0.001, 0.999])
     if hi <= lo:
         raise SegmentationError("the image has almost no contrast: there are no phases to separate")
-    # a small phase may leave only a shallow valley: accept it before falling back to Otsu
-    for depth in (min_valley, 0.75 * min_valley, 0.6 * min_valley):
-        valleys = _valleys(values, n, depth)
-        if valleys.size == n - 1:
-            return valleys
-    return _multiotsu(values, n)
+    hist, edges = np.histogram(np.clip(values, lo, hi), bins=n_bins, range=(lo, hi))
+    return hist.astype(float), 0.5 * (edges[:-1] + edges[1:])
+
+
+def _valley_bins(hist: np.ndarray, n: int, min_valley: float) -> np.ndarray:
+    """Bins of the up to ``n - 1`` deepest valleys of the smoothed log-histogram, sorted."""
+    idx, _ = _valley_candidates(hist, min_valley)
+    return np.sort(idx[: n - 1])
+
+
+def _valley_candidates(hist: np.ndarray, min_valley: float) -> tuple[np.ndarray, np.ndarray]:
+    """Valleys of the smoothed log-histogram (bins, prominences), most prominent first.
+
+    A valley counts only between classes of at least ``_MIN_SHARE`` of the pixels: the valleys on
+    both sides of a few stray pixels in the empty stretch between two phases are one gap (merged
+    at its middle), and a valley cutting off a near-empty tail is dropped.
+    """
+    log_hist = ndi.gaussian_filter1d(np.log1p(hist), 2.0)
+    idx, props = find_peaks(-log_hist, prominence=min_valley)
+    prom = props["prominences"]
+    cum = np.concatenate([[0.0], np.cumsum(hist)])
+    min_count = max(_MIN_SHARE * cum[-1], 10.0)
+    while idx.size:
+        bounds = np.concatenate([[0], idx, [hist.size]])
+        mass = cum[bounds[1:]] - cum[bounds[:-1]]
+        k = int(np.argmin(mass))
+        if mass[k] >= min_count:
+            break
+        if k == 0 or k == idx.size:
+            # a near-empty end: drop the valley that cuts it off
+            keep = np.ones(idx.size, bool)
+            keep[0 if k == 0 else -1] = False
+            idx, prom = idx[keep], prom[keep]
+        else:
+            # a near-empty class between two valleys: one gap, split at its middle
+            idx = np.concatenate([idx[: k - 1], [(idx[k - 1] + idx[k]) // 2], idx[k + 1 :]])
+            prom = np.concatenate([prom[: k - 1], [max(prom[k - 1], prom[k])], prom[k + 1 :]])
+    order = np.argsort(prom, kind="stable")[::-1]
+    return idx[order], prom[order]
+
+
+def _best_split(hist: np.ndarray, cuts: np.ndarray) -> int | None:
+    """Bin at which splitting one segment of the histogram (between ``cuts``) in two lowers the
+    minimum-error criterion the most, or None when no split helps.
+
+    The criterion (J. Kittler and J. Illingworth, "Minimum error thresholding", Pattern Recognition
+    19 (1986) 41-47, doi:10.1016/0031-3203(86)90030-0) is the classification error of a Gaussian
+    mixture: unlike Otsu's, it places a boundary well beside a small broad class next to a large
+    narrow one.
+    """
+    bins = np.arange(hist.size, dtype=float)
+    total = hist.sum()
+    bounds = np.concatenate([[0], cuts, [hist.size]]).astype(int)
+    best, best_gain = None, 0.0
+    for i0, i1 in zip(bounds[:-1], bounds[1:], strict=True):
+        h, x = hist[i0:i1], bins[i0:i1]
+        if h.size < 4:
+            continue
+        c0, c1, c2 = np.cumsum(h), np.cumsum(h * x), np.cumsum(h * x * x)
+        whole = _error_term(c0[-1], c1[-1], c2[-1], total)
+        left = _error_term(c0[:-1], c1[:-1], c2[:-1], total)
+        right = _error_term(c0[-1] - c0[:-1], c1[-1] - c1[:-1], c2[-1] - c2[:-1], total)
+        gain = whole - left - right
+        k = int(np.argmax(gain))
+        if gain[k] > best_gain:
+            best, best_gain = i0 + k + 1, float(gain[k])
+    return best
+
+
+def _error_term(count, s1, s2, total, min_count=10.0, min_sd_bins=1.0):
+    """A class's share of the minimum-error criterion, ``P ln(sigma) - P ln(P)``; classes of fewer
+    than ``min_count`` pixels are not allowed (infinite), and the SD has a floor of one bin."""
+    count = np.asarray(count, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = s1 / count
+        var = np.maximum(s2 / count - mean * mean, min_sd_bins**2)
+        share = count / total
+        term = share * 0.5 * np.log(var) - share * np.log(share)
+    return np.where(count >= min_count, term, np.inf)
 
 
 def _valleys(values: np.ndarray, n: int, min_valley: float = _MIN_VALLEY) -> np.ndarray:
     """Up to ``n - 1`` deepest valleys of the smoothed log-histogram, sorted."""
-    lo, hi = np.quantile(values, [0.001, 0.999])
-    hist, edges = np.histogram(np.clip(values, lo, hi), bins=256, range=(lo, hi))
-    centres = 0.5 * (edges[:-1] + edges[1:])
-    log_hist = ndi.gaussian_filter1d(np.log1p(hist.astype(float)), 2.0)
-    idx, props = find_peaks(-log_hist, prominence=min_valley)
-    best = np.sort(idx[np.argsort(props["prominences"])[::-1][: n - 1]])
-    return centres[best]
+    hist, centres = _histogram(values)
+    return centres[_valley_bins(hist, n, min_valley)]
 
 
 def _class_medians(values: np.ndarray, thresholds: np.ndarray, n: int) -> np.ndarray:
@@ -442,7 +535,9 @@ def _normalise_frame(values, thresholds_u, ia, ib, n, n_iter=8, hint=None):
 
     Starts from the frame's own multi-Otsu classes, then alternates classification with the shared
     thresholds and re-estimation of the anchor medians, so that phase fractions (which change between
-    frames) do not move the class definitions.
+    frames) do not move the class definitions. An anchor class holding less than ``_SCARCE_ANCHOR``
+    of the pixels is not re-estimated from its median: the other anchor and the frame's valleys,
+    matched to the shared thresholds, fix the map then.
     """
     if hint is not None:
         lo, hi = np.quantile(values, [0.001, 0.999])
@@ -454,13 +549,24 @@ def _normalise_frame(values, thresholds_u, ia, ib, n, n_iter=8, hint=None):
     a, b = _initial_map(values, thresholds_u, ia, ib, n, hint)
     if not (np.isfinite(a) and np.isfinite(b) and b > 0):
         a, b = np.quantile(values, 0.5), max(np.quantile(values, 0.9) - np.quantile(values, 0.5), 1e-6)
+    valleys = None
     for _ in range(n_iter):
         cls = np.digitize((values - a) / b, thresholds_u)
         lo_vals, hi_vals = values[cls == ia], values[cls == ib]
         if lo_vals.size < 10 or hi_vals.size < 10:
             break
-        new_a = float(np.median(lo_vals))
-        new_b = float(np.median(hi_vals)) - new_a
+        if min(lo_vals.size, hi_vals.size) < _SCARCE_ANCHOR * values.size:
+            # a scarce anchor class (glass films have few off-edge pixels) has no reliable median: it
+            # drifts into the flank of its neighbour, which shifts the map, which feeds it more of the
+            # flank. The populous anchor's median and the frame's valleys (on the shared boundaries)
+            # set the map instead.
+            valleys = _valleys(values, n) if valleys is None else valleys
+            scarce_lo = lo_vals.size < hi_vals.size
+            anchor = (float(np.median(hi_vals)), 1.0) if scarce_lo else (float(np.median(lo_vals)), 0.0)
+            new_a, new_b = _landmark_map(anchor, valleys, thresholds_u, a, b)
+        else:
+            new_a = float(np.median(lo_vals))
+            new_b = float(np.median(hi_vals)) - new_a
         if new_b <= 0:
             break
         done = abs(new_a - a) < 1e-4 * b and abs(new_b - b) < 1e-4 * b
@@ -468,6 +574,27 @@ def _normalise_frame(values, thresholds_u, ia, ib, n, n_iter=8, hint=None):
         if done:
             break
     return float(a), float(b)
+
+
+#: An anchor class with fewer than this share of a frame's off-edge pixels has no reliable median.
+_SCARCE_ANCHOR = 0.005
+#: Largest distance (normalised units) of a frame's valley from a shared boundary to be matched to it.
+_MATCH_TOLERANCE = 0.25
+
+
+def _landmark_map(anchor, valleys, thresholds_u, a, b):
+    """Least-squares map (a, b) through one anchor's (image median, normalised value) and the
+    frame's valleys matched to the nearest shared boundaries; the current map when they are too few."""
+    x, u = [anchor[0]], [anchor[1]]
+    for v in valleys:
+        k = int(np.argmin(np.abs(thresholds_u - (v - a) / b)))
+        if abs(thresholds_u[k] - (v - a) / b) <= _MATCH_TOLERANCE:
+            x.append(float(v))
+            u.append(float(thresholds_u[k]))
+    if np.ptp(u) <= 0:
+        return a, b
+    slope, intercept = np.polyfit(u, x, 1)
+    return float(intercept), float(slope)
 
 
 def fit_phase_model(
@@ -493,7 +620,11 @@ def fit_phase_model(
     Na3PO4 before exposure, a dense pellet without pores). Subsets of the other phases are tried
     from the largest down; the first whose every class is populated and stands apart from its
     neighbours (gap between class medians against their robust spreads) wins, and an absent phase
-    gets an empty class (two equal thresholds) rather than a split-off part of a neighbour. When a
+    gets an empty class (two equal thresholds) rather than a split-off part of a neighbour. Fits
+    whose class boundaries all lie on valleys of the pooled histogram go first; a fit is rejected
+    when the darker anchor is near black while darker phases exist (pores or a shadow taken for
+    glass), or when the frames' anchor contrasts differ more than 1.6-fold (a frame mapped onto
+    other phases). When a
     lone class darker than the anchors could be either of two phases, it is the darkest phase
     (pores) if its image intensity is below half the darker anchor's (near black), else the other.
     Frames showing a single phase (grey levels within the noise) are left out of the fit.
@@ -680,35 +811,77 @@ def _fit_present(samples, n, ia, ib, n_rounds):
     before exposure, a dense pellet without pores). Subsets of the optional phases are tried from
     the largest down, and the first whose every optional class is populated and stands apart from
     its neighbours wins; a phase that is not there then gets an empty class instead of splitting a
-    neighbouring phase in two.
+    neighbouring phase in two. Fits whose every boundary is a valley of the pooled histogram are
+    preferred: a boundary put by the minimum-error split (no valley there) may cut a class out of
+    the flank of a skewed phase (NaSICON with its edge halos), so it counts only when no subset
+    of the phases is separated by valleys alone. See :func:`_stands_apart` for the tests.
     """
     optional = [k for k in range(n) if k not in (ia, ib)]
-    fallback = None
-    for size in range(len(optional), -1, -1):
-        passing = []
-        for subset in itertools.combinations(optional, size):
+    fits = {}
+
+    def fitted(subset):
+        if subset not in fits:
             ranks = sorted((*subset, ia, ib))
-            ja, jb = ranks.index(ia), ranks.index(ib)
-            fit = _fit_classes(samples, len(ranks), ja, jb, n_rounds)
-            if fit is None:
-                continue
-            fallback = fallback or (ranks, fit)
-            share, sep = _separation(fit[3], fit[1], len(ranks))
-            keep = [j for j, r in enumerate(ranks) if r in optional]
-            # anchors split out of one phase (a series of NaSICON and pores only) fail here
-            anchors_apart = min(sep[ja], sep[jb]) >= _MIN_ANCHOR_SEPARATION
-            gaps = np.diff(fit[2])  # normalised units: anchors 0 and 1 apart
-            gap = np.minimum(np.concatenate([[np.inf], gaps]), np.concatenate([gaps, [np.inf]]))
-            if anchors_apart and all(
-                share[j] >= _MIN_SHARE and sep[j] >= _MIN_SEPARATION and gap[j] >= _MIN_GAP for j in keep
-            ):
-                passing.append((ranks, fit))
-        if len(passing) == 1:
-            return passing[0]
-        if passing:
-            return _resolve_naming(passing, ia)
+            fit = _fit_classes(samples, len(ranks), ranks.index(ia), ranks.index(ib), n_rounds)
+            fits[subset] = None if fit is None else (ranks, fit, _stands_apart(ranks, fit, optional, ia, ib))
+        return fits[subset]
+
+    for need_valleys in (True, False):
+        for size in range(len(optional), -1, -1):
+            candidates = [fitted(subset) for subset in itertools.combinations(optional, size)]
+            passing = [
+                (ranks, fit)
+                for ranks, fit, (apart, on_valleys) in filter(None, candidates)
+                if apart and (on_valleys or not need_valleys)
+            ]
+            if len(passing) == 1:
+                return passing[0]
+            if passing:
+                return _resolve_naming(passing, ia)
     # nothing stands apart clearly (heavily overlapping phases, as in noisy SE images): all phases
-    return fallback
+    return next(((ranks, fit) for ranks, fit, _ in filter(None, fits.values())), None)
+
+
+#: Largest ratio between the anchor contrasts of two frames of one series in a plausible fit.
+_MAX_CONTRAST_RATIO = 1.6
+#: Largest distance (normalised units) of a class boundary from a valley of the pooled histogram
+#: for the boundary to count as lying on that valley.
+_VALLEY_TOLERANCE = 0.1
+
+
+def _stands_apart(ranks, fit, optional, ia, ib) -> tuple[bool, bool]:
+    """Whether a fit is plausible and every class stands apart from its neighbours, and whether every
+    boundary lies on a valley of the pooled histogram.
+
+    Plausible: the darker anchor is not near black when darker phases exist, and the frames' anchor
+    contrasts agree within ``_MAX_CONTRAST_RATIO``. Apart: both anchors reach
+    ``_MIN_ANCHOR_SEPARATION``; every other class holds ``_MIN_SHARE`` of the pixels, reaches
+    ``_MIN_SEPARATION`` and lies ``_MIN_GAP`` from its neighbours.
+    """
+    maps, thresholds, medians, pooled = fit
+    ja, jb = ranks.index(ia), ranks.index(ib)
+    share, sep = _separation(pooled, thresholds, len(ranks))
+    keep = [j for j, r in enumerate(ranks) if r in optional]
+    # anchors split out of one phase (a series of NaSICON and pores only) fail here
+    anchors_apart = min(sep[ja], sep[jb]) >= _MIN_ANCHOR_SEPARATION
+    gaps = np.diff(medians)  # normalised units: anchors 0 and 1 apart
+    gap = np.minimum(np.concatenate([[np.inf], gaps]), np.concatenate([gaps, [np.inf]]))
+    # the darker anchor is a matrix phase, not the near-black pores or a shadow: when darker phases
+    # exist, a near-black class taken for it means the anchor classes are misplaced
+    a, b = np.median([m[0] for m in maps]), np.median([m[1] for m in maps])
+    plausible = ia == 0 or a >= _NEAR_BLACK * (a + b)
+    # one series, one set of phases: the frames' anchor contrasts agree within the gain changes of a
+    # microscope session; a much larger spread means some frame's anchors sit on other phases
+    plausible = plausible and float(np.ptp(np.log([m[1] for m in maps]))) <= np.log(_MAX_CONTRAST_RATIO)
+    apart = (
+        plausible
+        and anchors_apart
+        and all(share[j] >= _MIN_SHARE and sep[j] >= _MIN_SEPARATION and gap[j] >= _MIN_GAP for j in keep)
+    )
+    hist, centres = _histogram(pooled)
+    valleys = centres[_valley_bins(hist, hist.size, 0.6 * _MIN_VALLEY)]
+    on_valleys = valleys.size > 0 and all(np.min(np.abs(valleys - t)) <= _VALLEY_TOLERANCE for t in thresholds)
+    return apart, bool(on_valleys)
 
 
 def _resolve_naming(passing, ia):
