@@ -6,7 +6,12 @@ Unsupervised mode (:func:`fit_phase_model`, :func:`segment_frame`)
        anchors may be absent: they then get an empty class, see :func:`fit_phase_model`). Class boundaries are the
        valleys of the (log) histogram of off-edge pixels when the phases form separate peaks (so a
        1 % phase keeps its class and a dominant phase with grain-to-grain orientation contrast is
-       not split), multi-Otsu when they overlap into one peak. Boundaries are stored in
+       not split); a valley counts only with enough pixels on both sides (stray pixels in the gap
+       between two peaks make no class). Where too few valleys are found, the most prominent faint
+       one is added, then a minimum-error (Kittler-Illingworth) split, multi-Otsu only when the
+       phases overlap into one peak. The candidate sets of present phases are checked against the
+       known order (glass is not near-black beside a darker phase; all frames share a similar
+       glass-NaSICON contrast). Boundaries are stored in
        *normalised* units in which two stable "anchor" phases (by default glass and NaSICON) have
        medians 0 and 1; each frame gets its own affine map (brightness, contrast), re-estimated
        against the shared boundaries, so a phase that grows a lot between frames (Na3PO4) does not
