@@ -1418,12 +1418,14 @@ class PixelClassifier:
         level), so that phases are recognised in objects smaller than any scribbled one: strokes
         stay off phase boundaries and never cover small particles. Empty: the images as they are.
     blob_sigma_px, blob_contrast : float
-        Small particles of the darkest scribbled phase (a few pixels across, such as tertiary
-        precipitates or small pores) are never scribbled, and the forest is rarely sure of them, so
-        they had no watershed seed and vanished into the surrounding phase. The darkest pixel of a
+        Small particles of the darkest scribbled phase (about 10 px across, such as tertiary
+        precipitates or small pores) are never scribbled and the forest is rarely sure of them;
+        without a watershed seed they vanish into the surrounding phase. So the darkest pixel of a
         compact dark blob (darker than a Gaussian of ``blob_sigma_px`` around it by more than
-        ``blob_contrast`` noise standard deviations) now seeds the darkest phase where that is the
-        forest's best guess. ``blob_sigma_px=0`` disables it.
+        ``blob_contrast`` noise standard deviations) seeds the darkest phase where that is the
+        forest's best guess (with ``seed_probability > 0``). Measured: pore IoU 0.69 -> 0.84 on 12
+        synthetic frames, island IoU +0.01-0.02 on the real Super images. ``blob_sigma_px=0``
+        disables it.
     predict_step_px : int
         The forest classifies every ``predict_step_px``-th pixel along each axis and the probabilities
         are interpolated in between (4x less work at 2; the boundaries are placed on the intensity
