@@ -56,7 +56,7 @@ def test_batch_on_a_dask_local_cluster(batch_root, tmp_path):
     shutil.copytree(batch_root / "sample_a", root / "a")
     shutil.copytree(batch_root / "nested" / "sample_b", root / "b")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:
         summary = run_batch(root, tmp_path / "out", scheduler=cluster.scheduler_address)
     assert list(summary["status"]) == ["ok", "ok"]
     a = pd.read_csv(tmp_path / "out" / "a" / "frames.csv")

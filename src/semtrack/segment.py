@@ -6,7 +6,12 @@ Unsupervised mode (:func:`fit_phase_model`, :func:`segment_frame`)
        anchors may be absent: they then get an empty class, see :func:`fit_phase_model`). Class boundaries are the
        valleys of the (log) histogram of off-edge pixels when the phases form separate peaks (so a
        1 % phase keeps its class and a dominant phase with grain-to-grain orientation contrast is
-       not split), multi-Otsu when they overlap into one peak. Boundaries are stored in
+       not split); a valley counts only with enough pixels on both sides (stray pixels in the gap
+       between two peaks make no class). Where too few valleys are found, the most prominent faint
+       one is added, then a minimum-error (Kittler-Illingworth) split, multi-Otsu only when the
+       phases overlap into one peak. The candidate sets of present phases are checked against the
+       known order (glass is not near-black beside a darker phase; all frames share a similar
+       glass-NaSICON contrast). Boundaries are stored in
        *normalised* units in which two stable "anchor" phases (by default glass and NaSICON) have
        medians 0 and 1; each frame gets its own affine map (brightness, contrast), re-estimated
        against the shared boundaries, so a phase that grows a lot between frames (Na3PO4) does not
@@ -72,7 +77,8 @@ __all__ = [
 
 DEFAULT_BRIGHTNESS_ORDER: tuple[str, ...] = ("pore", "na3po4", "glass", "nasicon")
 _CLASSIFIER_FORMAT = "semtrack-pixel-classifier"
-_CLASSIFIER_VERSION = 3  # 2: features normalised on the stable phases; 3: trained on shrunk copies too
+#: 2: features normalised on the stable phases; 3: trained on shrunk copies too; 4: scales >= 4 px at half size
+_CLASSIFIER_VERSION = 4
 #: Depth (log-count units) a histogram valley needs to count as a phase boundary (about 7x fewer
 #: pixels than the smaller neighbouring peak).
 _MIN_VALLEY = 2.0
@@ -1430,6 +1436,10 @@ def _remove_specks(labels: np.ndarray, mask: np.ndarray, min_px: int) -> np.ndar
 # --------------------------------------------------------------------------------------------------
 
 
+#: Feature scales from this one up are filtered on the image shrunk 2x (see `_pixel_features`).
+_HALF_RES_SIGMA_PX = 4.0
+
+
 def _standardise(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Robust intensity standardisation: median 0, interquartile range 1 over the valid pixels.
 
@@ -1462,6 +1472,8 @@ def _pixel_features(
     it the image is standardised by its median and interquartile range. ``where`` is a bool mask
     (training: the scribbled pixels) or a tuple of slices (prediction: a grid); None = every pixel.
     The filters run on the whole image, the arithmetic after them only on the selected pixels.
+    Scales of ``_HALF_RES_SIGMA_PX`` and more are filtered on the image shrunk 2x (cascaded from the
+    previous scale, which has removed everything that could alias), at a quarter of the cost.
     """
     if anchors is None:
         z = _standardise(img, mask)
@@ -1470,28 +1482,52 @@ def _pixel_features(
         z = ((np.where(mask, img, offset + 0.5 * scale) - offset) / scale).astype(np.float32)
     if where is None:
         where = (slice(None), slice(None))
+    # on the grid of every 2nd pixel a half-size plane holds exactly the selected pixels
+    half_grid = isinstance(where, tuple) and all(
+        part.start in (None, 0) and part.stop is None and part.step == 2 for part in where
+    )
 
-    def at(plane):
+    def at(plane, shrunk):
+        if shrunk and half_grid:
+            return plane.ravel()
+        if shrunk:  # back to full size (bilinear), then select
+            plane = _upsample(plane[..., None], z.shape, 2)[0]
         return plane[where].ravel()
 
-    columns = [at(z)]
+    columns = [at(z, False)]
     z2 = z * z
     smoothed = []
+    prev = None  # (sigma, blurred image, blurred square) of the previous scale
     for s in sigmas:
-        g = cv2.GaussianBlur(z, (0, 0), float(s), borderType=cv2.BORDER_REFLECT)
-        g_at = at(g)
+        shrunk = s >= _HALF_RES_SIGMA_PX and prev is not None
+        if shrunk:
+            prev_s, prev_g, prev_g2 = prev
+            if prev_g.shape == z.shape:  # first shrunk scale: sample the previous (full-size) one
+                prev_g, prev_g2 = (np.ascontiguousarray(p[::2, ::2]) for p in (prev_g, prev_g2))
+            extra = float(np.sqrt(s * s - prev_s * prev_s)) / 2  # in half-size pixels
+            g = cv2.GaussianBlur(prev_g, (0, 0), extra, borderType=cv2.BORDER_REFLECT)
+            g2_plane = cv2.GaussianBlur(prev_g2, (0, 0), extra, borderType=cv2.BORDER_REFLECT)
+            spacing = np.float32(2.0)
+        else:
+            g = cv2.GaussianBlur(z, (0, 0), float(s), borderType=cv2.BORDER_REFLECT)
+            g2_plane = cv2.GaussianBlur(z2, (0, 0), float(s), borderType=cv2.BORDER_REFLECT)
+            spacing = np.float32(1.0)
+        prev = (float(s), g, g2_plane)
+        g_at = at(g, shrunk)
         smoothed.append(g_at)
         gx, gy, hxx, hyy, hxy = (
-            at(cv2.Sobel(g, cv2.CV_32F, dx, dy, ksize=3, borderType=cv2.BORDER_REFLECT))
+            at(cv2.Sobel(g, cv2.CV_32F, dx, dy, ksize=3, borderType=cv2.BORDER_REFLECT), shrunk)
             for dx, dy in ((1, 0), (0, 1), (2, 0), (0, 2), (1, 1))
         )
-        s2 = np.float32(s * s)
+        # derivatives per full-size pixel, scale-normalised
+        s1 = np.float32(s) / spacing
+        s2 = s1 * s1
         trace_half = 0.5 * s2 * (hxx + hyy)
         root = s2 * np.sqrt(0.25 * (hxx - hyy) ** 2 + hxy**2)
-        g2 = at(cv2.GaussianBlur(z2, (0, 0), float(s), borderType=cv2.BORDER_REFLECT))
+        g2 = at(g2_plane, shrunk)
         columns += [
             g_at,
-            np.sqrt(gx * gx + gy * gy) * np.float32(s),
+            np.sqrt(gx * gx + gy * gy) * s1,
             trace_half + root,
             trace_half - root,
             np.sqrt(np.maximum(g2 - g_at * g_at, 0)),
@@ -1524,9 +1560,10 @@ def _downscaled(
 
 
 def _upsample(grid: np.ndarray, shape: tuple[int, int], step: int) -> np.ndarray:
-    """Bilinear interpolation of (h, w, C) values sampled at ``[::step, ::step]`` back to ``shape``."""
+    """Bilinear interpolation of (h, w, C) values sampled at ``[::step, ::step]`` back to ``shape``,
+    as (C, M, N) planes."""
     if step == 1:
-        return grid
+        return np.ascontiguousarray(np.moveaxis(grid, -1, 0))
     # exact map: output pixel (r, c) reads grid position (r / step, c / step)
     matrix = np.array([[1.0 / step, 0, 0], [0, 1.0 / step, 0]], np.float64)
     channels = [
@@ -1539,7 +1576,30 @@ def _upsample(grid: np.ndarray, shape: tuple[int, int], step: int) -> np.ndarray
         )
         for k in range(grid.shape[-1])
     ]
-    return np.stack(channels, axis=-1)
+    return np.stack(channels)
+
+
+def _argmax_planes(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index (int32) and value of the largest of (P, M, N) planes per pixel, the first on ties.
+
+    A loop over the few planes: numpy's argmax over a short axis is several times slower.
+    """
+    best = np.zeros(planes.shape[1:], np.int32)
+    top = planes[0].copy()
+    for k in range(1, planes.shape[0]):
+        best[planes[k] > top] = k
+        np.maximum(top, planes[k], out=top)
+    return best, top
+
+
+def _blob_cores(smooth: np.ndarray, noise: float, sigma_px: float, contrast: float) -> np.ndarray:
+    """Darkest pixel (3x3 minimum) of each compact dark blob: darker than its surroundings (a Gaussian
+    of ``sigma_px``) by more than ``contrast`` noise standard deviations."""
+    depth = _blur_large(smooth, sigma_px)
+    depth -= smooth
+    cores = depth > np.float32(contrast * max(noise, 1e-6))
+    cores &= smooth <= cv2.erode(smooth, np.ones((3, 3), np.uint8))
+    return cores
 
 
 class PixelClassifier:
@@ -1556,7 +1616,12 @@ class PixelClassifier:
     max_samples_per_phase : int
         Labelled pixels per phase used for training (a random subset when there are more).
     smoothing_sigma_px : float
-        Gaussian smoothing of the predicted probabilities (spatial regularisation); 0 disables.
+        Gaussian smoothing of the predicted probabilities (spatial regularisation); 0 (default)
+        disables it. Smoothing widens the band of unsure pixels along every boundary, which the
+        watershed then floods: on synthetic BSE frames (12 frames, 1 % scribbles) 1 px lowered the
+        mean IoU from 0.863 to 0.839 and took 0.25 s more per 2048x1600 frame; on noisy SE images
+        (the real Super set) 1 px keeps isolated over-confident pixels from seeding (IoU 0.84 -> 0.91
+        on lshr_15kx_3kv_0).
     seed_probability : float
         :meth:`predict` keeps the forest's answer where its probability exceeds this and lets a
         marker watershed on the gradient decide the rest (boundaries go to the intensity edges);
@@ -1572,6 +1637,15 @@ class PixelClassifier:
         The training images are also used shrunk by these factors (noise restored to the original
         level), so that phases are recognised in objects smaller than any scribbled one: strokes
         stay off phase boundaries and never cover small particles. Empty: the images as they are.
+    blob_sigma_px, blob_contrast : float
+        Small particles of the darkest scribbled phase (about 10 px across, such as tertiary
+        precipitates or small pores) are never scribbled and the forest is rarely sure of them;
+        without a watershed seed they vanish into the surrounding phase. So the darkest pixel of a
+        compact dark blob (darker than a Gaussian of ``blob_sigma_px`` around it by more than
+        ``blob_contrast`` noise standard deviations) seeds the darkest phase where that is the
+        forest's best guess (with ``seed_probability > 0``). Measured: pore IoU 0.69 -> 0.84 on 12
+        synthetic frames, island IoU +0.01-0.02 on the real Super images. ``blob_sigma_px=0``
+        disables it.
     predict_step_px : int
         The forest classifies every ``predict_step_px``-th pixel along each axis and the probabilities
         are interpolated in between (4x less work at 2; the boundaries are placed on the intensity
@@ -1601,12 +1675,14 @@ class PixelClassifier:
         sigma_max: float = 8.0,
         n_estimators: int = 100,
         max_samples_per_phase: int = 20_000,
-        smoothing_sigma_px: float = 1.0,
+        smoothing_sigma_px: float = 0.0,
         seed_probability: float = 0.99,
         normalise: str = "anchors",
         train_downscale_factors: Sequence[int] = (2,),
         predict_step_px: int = 2,
         random_state: int = 0,
+        blob_sigma_px: float = 4.0,
+        blob_contrast: float = 2.5,
     ):
         phase_names = tuple(phase_names)
         if normalise not in ("anchors", "iqr"):
@@ -1637,6 +1713,12 @@ class PixelClassifier:
         self.train_downscale_factors = factors
         self.predict_step_px = int(predict_step_px)
         self.random_state = int(random_state)
+        if blob_sigma_px < 0 or blob_contrast < 0:
+            raise ValueError(
+                f"`blob_sigma_px` and `blob_contrast` must be >= 0, got {blob_sigma_px!r}, {blob_contrast!r}"
+            )
+        self.blob_sigma_px = float(blob_sigma_px)
+        self.blob_contrast = float(blob_contrast)
         self.forest_ = None
         self.brightness_order_: tuple[str, ...] | None = None
 
@@ -1659,8 +1741,9 @@ class PixelClassifier:
         if self.normalise != "anchors" or self.brightness_order_ is None:
             return None
         try:
-            model = fit_phase_model(img, valid=mask, phase_names=self.brightness_order_,
-                                    brightness_order=self.brightness_order_)
+            model = fit_phase_model(
+                img, valid=mask, phase_names=self.brightness_order_, brightness_order=self.brightness_order_
+            )
         except SegmentationError:
             return None
         if not model.intensity_scale > 0:
@@ -1685,6 +1768,8 @@ class PixelClassifier:
             "train_downscale_factors": self.train_downscale_factors,
             "predict_step_px": self.predict_step_px,
             "random_state": self.random_state,
+            "blob_sigma_px": self.blob_sigma_px,
+            "blob_contrast": self.blob_contrast,
         }
 
     def __repr__(self) -> str:
@@ -1762,9 +1847,7 @@ class PixelClassifier:
         y = np.concatenate(ys)
         present = np.unique(y)
         if present.size < 2:
-            raise ValueError(
-                f"scribbles cover only phase {self.phase_names[present[0]]!r}; label at least two phases"
-            )
+            raise ValueError(f"scribbles cover only phase {self.phase_names[present[0]]!r}; label at least two phases")
         keep = []
         for k in present:
             idx = np.flatnonzero(y == k)
@@ -1798,10 +1881,13 @@ class PixelClassifier:
         (P, M, N) float32 array
             In code order; phases without scribbles get 0; 0 outside the valid region.
         """
+        img = _as_image(image)
+        return self._proba(img, _valid_mask(img, valid))
+
+    def _proba(self, img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """(P, M, N) probabilities, 0 outside ``mask``."""
         if self.forest_ is None:
             raise SegmentationError("the pixel classifier is not trained; call fit() or load() first")
-        img = _as_image(image)
-        mask = _valid_mask(img, valid)
         step = self.predict_step_px
         grid = (slice(None, None, step), slice(None, None, step))
         # pixels outside the valid region are classified too (their features are the fill value):
@@ -1812,12 +1898,11 @@ class PixelClassifier:
         columns = np.zeros((rows * cols, len(self.phase_names)), np.float32)
         columns[:, self.forest_.classes_] = predicted
         proba = _upsample(columns.reshape(rows, cols, -1), img.shape, step)
-        if self.smoothing_sigma_px > 0:
-            proba = cv2.GaussianBlur(proba, (0, 0), self.smoothing_sigma_px, borderType=cv2.BORDER_REFLECT)
-            if proba.ndim == 2:
-                proba = proba[..., None]
-        proba[~mask] = 0
-        return np.moveaxis(proba, -1, 0)
+        for plane in proba:
+            if self.smoothing_sigma_px > 0:
+                cv2.GaussianBlur(plane, (0, 0), self.smoothing_sigma_px, dst=plane, borderType=cv2.BORDER_REFLECT)
+            np.multiply(plane, mask, out=plane)
+        return proba
 
     def predict(self, image: Any, *, valid: Any = None) -> np.ndarray:
         """Phase codes per pixel.
@@ -1836,18 +1921,23 @@ class PixelClassifier:
         """
         img = _as_image(image)
         mask = _valid_mask(img, valid)
-        proba = self.predict_proba(img, valid=mask)
-        best = proba.argmax(axis=0).astype(np.int32)
+        best, top = _argmax_planes(self._proba(img, mask))
         if self.seed_probability > 0:
             # Confident pixels seed a watershed on the gradient, which puts the boundaries on the
             # intensity edges; scribbles rarely touch boundaries, so the forest is unsure there.
-            smooth = _denoise(img, mask, estimate_noise(img, valid=mask), 1.5)
-            confident = mask & (proba.max(axis=0) > self.seed_probability)
+            noise = estimate_noise(img, valid=mask)
+            smooth = _denoise(img, mask, noise, 1.5, levels8=True)
+            confident = mask & (top > self.seed_probability)
             # Flood only the unsure pixels and the seeds next to them: the same result as a watershed
             # over the whole frame, at a fraction of the cost. (OpenCV's watershed, which floods by
             # grey-level steps instead of the gradient, lost 0.015 IoU on the real Super images.)
             region = mask & cv2.dilate((mask & ~confident).view(np.uint8), np.ones((3, 3), np.uint8)).view(bool)
             seeds = np.where(region & confident, best + 1, 0)
+            if self.blob_sigma_px > 0 and self.brightness_order_ is not None:
+                dark = self.phase_names.index(self.brightness_order_[0])
+                cores = _blob_cores(smooth, noise, self.blob_sigma_px, self.blob_contrast)
+                cores &= region & (best == dark)
+                seeds[cores] = dark + 1
             labels = watershed(_gradient(smooth, 1.0), seeds, mask=region)
             best = np.where(labels > 0, labels - 1, best)
         out = best.astype(np.uint8)
