@@ -404,8 +404,8 @@ def _split_grains(
     labels = cv2.resize(coarse, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
     labels = labels[: grain.shape[0], : grain.shape[1]].astype(np.int32)
     labels[~grain] = 0
-    _fill_from_neighbours(labels, grain, factor)
-    return _respect_components(labels, grain, solid.view(bool))
+    unlabelled = _fill_from_neighbours(labels, grain, factor)
+    return _respect_components(labels, solid.view(bool), unlabelled)
 
 
 def _fill_hidden(mask: np.ndarray, hidden: np.ndarray) -> np.ndarray:
@@ -436,17 +436,18 @@ def _label_maximum(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray
     return out
 
 
-def _fill_from_neighbours(labels: np.ndarray, grain: np.ndarray, steps: int) -> None:
+def _fill_from_neighbours(labels: np.ndarray, grain: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Unlabelled grain pixels take the largest label among their 8 neighbours, `steps` times (in place).
 
     Grain pixels of blocks that were mostly not grain grow in from the nearest labelled pixels; only
-    those pixels are visited, not the whole frame.
+    those pixels are visited, not the whole frame. Returns the rows and columns of the grain pixels
+    still unlabelled.
     """
     rows, cols = labels.shape
     r, c = np.nonzero(grain & (labels == 0))
     for _ in range(steps):
         if r.size == 0:
-            return
+            break
         best = np.zeros(r.size, labels.dtype)
         for dr in (-1, 0, 1):
             rr = np.clip(r + dr, 0, rows - 1)
@@ -455,6 +456,7 @@ def _fill_from_neighbours(labels: np.ndarray, grain: np.ndarray, steps: int) -> 
         labels[r, c] = best
         left = best == 0
         r, c = r[left], c[left]
+    return r, c
 
 
 def _coarse_image(image: np.ndarray, factor: int) -> np.ndarray:
@@ -506,49 +508,52 @@ def _coarse_factor(grain: np.ndarray) -> int:
     return int(np.clip(chord // _COARSE_CHORD_PX, 1, _MAX_COARSE))
 
 
-def _respect_components(labels: np.ndarray, grain: np.ndarray, connected: np.ndarray | None = None) -> np.ndarray:
-    """Make every label lie in one connected component of the grain phase (in place).
+def _respect_components(
+    labels: np.ndarray, connected: np.ndarray, unlabelled: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """Make every label lie in one connected component of `connected` (in place).
 
-    Components are those of `connected` (default `grain`): grain plus the grain inferred under
-    islands, so that the visible pieces of one grain around an island may keep one label.
+    `connected` holds the grain plus the grain inferred under islands, so that the visible pieces of
+    one grain around an island may keep one label; labels are > 0 only on grain pixels, and
+    `unlabelled` gives the rows and columns of the grain pixels without a label.
 
     A coarse block can carry a label across a glass film thinner than the
-    block. Each label keeps its largest piece; other pieces (and unlabelled
-    grain pixels) join the largest label at home in their own component, or
-    become grains of their own when their component holds no other label.
-    Labels are not made consecutive.
+    block. Each label keeps its largest piece (ties: the first component);
+    other pieces (and unlabelled grain pixels) join the largest label at home
+    in their own component (ties: the lowest label), or become grains of their
+    own when their component holds no other label. Labels are not made
+    consecutive. Works on runs along rows: a run of one label lies in one component.
     """
-    connected = grain if connected is None else connected
     n_cc, cc = cv2.connectedComponents(connected.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
     n_labels = int(labels.max()) + 1
-    # A component of each label (any pixel's); most labels lie in one component only.
-    home = np.zeros(n_labels, np.int32)
-    home[labels.ravel()] = cc.ravel()
-    home[0] = -1
-    size = np.bincount(labels.ravel(), minlength=n_labels)
-    stray = np.not_equal(cc, home[labels])
-    stray &= grain
-    split = np.zeros(n_labels, bool)
-    split[labels[stray]] = True
-    split[0] = False
-    if split.any():
-        # Labels over several components: pixel counts per (label, component), the largest piece is home.
-        on = split[labels]
-        key = labels[on].astype(np.int64) * n_cc + cc[on]
-        pairs, count = np.unique(key, return_counts=True)
-        order = np.lexsort((-(pairs % n_cc), count, pairs // n_cc))  # ties: the first component
-        pairs, count = pairs[order], count[order]
-        last = np.r_[pairs[1:] // n_cc != pairs[:-1] // n_cc, True]
-        home[pairs[last] // n_cc] = pairs[last] % n_cc
-        size[pairs[last] // n_cc] = count[last]
-        stray[on] = cc[on] != home[labels[on]]  # only these pixels' home changed
+    start, length, lab = _row_runs(labels)
+    keep = lab > 0
+    start, length, lab = start[keep], length[keep], lab[keep]
+    comp = cc.ravel()[start]
+    # Pixel counts per (label, component); the largest piece of each label is its home.
+    pairs, inverse = np.unique(lab.astype(np.int64) * n_cc + comp, return_inverse=True)
+    count = np.bincount(inverse, weights=length)
+    pair_label, pair_cc = np.divmod(pairs, n_cc)
+    order = np.lexsort((-pair_cc, count, pair_label))
+    last = order[np.r_[pair_label[order][1:] != pair_label[order][:-1], True]]
+    ids = pair_label[last]  # labels present, ascending
+    home = np.full(n_labels, -1, np.int64)
+    home[ids] = pair_cc[last]
+    size = np.zeros(n_labels)
+    size[ids] = count[last]
     # In each component, the label at home there with the most pixels receives the strays.
     receiver = n_labels + np.arange(n_cc, dtype=np.int32)  # a new grain where no label is at home
-    ids = np.arange(1, n_labels)
-    order = np.lexsort((-ids, size[1:], home[1:]))  # ties: the lowest label
-    best = np.r_[home[1:][order][1:] != home[1:][order][:-1], True]
-    receiver[home[1:][order][best]] = ids[order][best]
-    labels[stray] = receiver[cc[stray]]
+    order = np.lexsort((-ids, size[ids], home[ids]))
+    best = order[np.r_[home[ids][order][1:] != home[ids][order][:-1], True]]
+    receiver[home[ids][best]] = ids[best]
+    stray = comp != home[lab]
+    if stray.any():
+        run_start, run_length = start[stray], length[stray]
+        # Flat indices of the stray runs' pixels.
+        shift = np.repeat(run_start - np.cumsum(run_length) + run_length, run_length)
+        labels.ravel()[shift + np.arange(shift.size)] = np.repeat(receiver[comp[stray]], run_length)
+    r, c = unlabelled
+    labels[r, c] = receiver[cc[r, c]]
     return labels
 
 
@@ -673,15 +678,42 @@ def _labels_in(labels: np.ndarray, where: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(labels[where], minlength=n + 1)[: n + 1] > 0
 
 
+def _row_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of equal values along the rows of a 2-D array, in row-major order.
+
+    Returns the flat index of each run's first pixel, its length and its value. Run-length
+    encoding once lets per-label sums, outlines and intercepts work on ~10^5 runs instead of
+    every pixel of the frame.
+    """
+    rows, cols = values.shape
+    flat = np.ascontiguousarray(values).ravel()
+    if flat.size == 0:
+        empty = np.zeros(0, np.intp)
+        return empty, empty, flat[:0]
+    change = flat[1:] != flat[:-1]
+    change[cols - 1 :: cols] = True  # a run never continues onto the next row
+    starts = np.empty(np.count_nonzero(change) + 1, np.intp)
+    starts[0] = 0
+    starts[1:] = np.flatnonzero(change) + 1
+    length = np.diff(starts, append=flat.size)
+    return starts, length, flat[starts]
+
+
 def _grain_table(labels, region, occluder, scale) -> pd.DataFrame:
     n = int(labels.max())
     ids = np.arange(1, n + 1)
-    flat = labels.ravel()
-    area = np.bincount(flat, minlength=n + 1)[1:].astype(float)
-    y_sum, x_sum = _coordinate_sums(labels, n)
+    cols = labels.shape[1]
+    start, length, lab = _row_runs(labels)
+    keep = lab > 0
+    start, length, lab = start[keep], length[keep], lab[keep]
+    row, col = np.divmod(start, cols)
+    area = np.bincount(lab, weights=length, minlength=n + 1)[1:]
+    # Sums of the row and column indices of each grain's pixels (integers: exact in float64).
+    y_sum = np.bincount(lab, weights=row * length, minlength=n + 1)[1:]
+    x_sum = np.bincount(lab, weights=(2 * col + length - 1) * length * 0.5, minlength=n + 1)[1:]
     with np.errstate(invalid="ignore", divide="ignore"):
-        y = y_sum[1:] / area
-        x = x_sum[1:] / area
+        y = y_sum / area
+        x = x_sum / area
 
     # Grains within one pixel (8-neighbourhood) of the region border or the image edge.
     outside = np.pad(~region, 1, constant_values=True).view(np.uint8)
@@ -692,8 +724,10 @@ def _grain_table(labels, region, occluder, scale) -> pd.DataFrame:
         near = cv2.dilate(occluder.view(np.uint8), np.ones((3, 3), np.uint8)).view(bool)
         occluded = _labels_in(labels, near, n)
 
-    perimeter = _crofton_perimeter(labels, n)
-    feret_max, feret_min = _feret(labels, n)
+    # Each run along a row enters and leaves its grain once.
+    row_crossings = 2.0 * np.bincount(lab, minlength=n + 1)[1:]
+    perimeter = _crofton_perimeter(labels, n, row_crossings)
+    feret_max, feret_min = _feret(row, col, length, lab, n)
     with np.errstate(invalid="ignore", divide="ignore"):
         aspect = feret_max / feret_min
     return pd.DataFrame(
@@ -713,76 +747,53 @@ def _grain_table(labels, region, occluder, scale) -> pd.DataFrame:
     )
 
 
-def _coordinate_sums(labels: np.ndarray, n: int, chunk_rows: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Sums of the row and of the column index of each label's pixels, 0..n.
-
-    Weighted bincounts over bands of rows, so the coordinate weights are never a full-size array.
-    """
-    rows, cols = labels.shape
-    y_sum = np.zeros(n + 1)
-    x_sum = np.zeros(n + 1)
-    col_index = np.arange(cols, dtype=float)
-    for r0 in range(0, rows, chunk_rows):
-        band = labels[r0 : r0 + chunk_rows]
-        flat = band.ravel()
-        row_index = np.repeat(np.arange(r0, r0 + band.shape[0], dtype=float), cols)
-        y_sum += np.bincount(flat, weights=row_index, minlength=n + 1)[: n + 1]
-        x_sum += np.bincount(flat, weights=np.tile(col_index, band.shape[0]), minlength=n + 1)[: n + 1]
-    return y_sum, x_sum
-
-
-def _crofton_perimeter(labels: np.ndarray, n: int) -> np.ndarray:
+def _crofton_perimeter(labels: np.ndarray, n: int, row_crossings: np.ndarray) -> np.ndarray:
     """Cauchy-Crofton perimeter from label changes along rows, columns and both diagonals.
 
     ``P = pi/8 (N_0 + N_90 + (N_45 + N_135) / sqrt(2))`` where ``N_d`` counts
     the entries into and exits from the grain along lines of direction d
     (diagonal lines are 1/sqrt(2) px apart). Exact for discs in the limit.
+    `row_crossings` is ``N_0`` per label 1..n. Along any line a grain is
+    entered as often as it is left (the image edge counts as not grain), so
+    ``N_d`` is twice the number of pixels whose predecessor along d is
+    another label or outside the image.
     """
     if n == 0:
         return np.zeros(0)
-    counts = np.zeros(n + 1)
-    first_row, last_row = labels[0], labels[-1]
-    for weight, (sa, sb), ends in (
-        (1.0, ((slice(None), slice(None, -1)), (slice(None), slice(1, None))), (labels[:, 0], labels[:, -1])),
-        (1.0, ((slice(None, -1), slice(None)), (slice(1, None), slice(None))), (first_row, last_row)),
-        # Diagonal lines enter through the first row and one side column, and leave through the others.
-        (
-            math.sqrt(0.5),
-            ((slice(None, -1), slice(None, -1)), (slice(1, None), slice(1, None))),
-            (first_row, labels[1:, 0], last_row, labels[:-1, -1]),
-        ),
-        (
-            math.sqrt(0.5),
-            ((slice(None, -1), slice(1, None)), (slice(1, None), slice(None, -1))),
-            (first_row, labels[1:, -1], last_row, labels[:-1, 0]),
-        ),
-    ):
-        la, lb = labels[sa], labels[sb]
-        change = la != lb
-        counts += weight * np.bincount(la[change], minlength=n + 1)
-        counts += weight * np.bincount(lb[change], minlength=n + 1)
-        # Crossings of the image edge (outside counts as not grain).
-        for edge in ends:
-            counts += weight * np.bincount(edge, minlength=n + 1)
-    return (math.pi / 8.0) * counts[1:]
+    first_row = np.bincount(labels[0], minlength=n + 1)
+    # Lines enter through the first row and, diagonally, through the side column they start from.
+    entries_90 = first_row + _entries(labels[1:], labels[:-1], n)
+    entries_45 = first_row + np.bincount(labels[1:, 0], minlength=n + 1) + _entries(labels[1:, 1:], labels[:-1, :-1], n)
+    entries_135 = (
+        first_row + np.bincount(labels[1:, -1], minlength=n + 1) + _entries(labels[1:, :-1], labels[:-1, 1:], n)
+    )
+    diagonal = 2.0 * (entries_45 + entries_135)[1:]
+    return (math.pi / 8.0) * (row_crossings + 2.0 * entries_90[1:] + math.sqrt(0.5) * diagonal)
 
 
-def _feret(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Largest and smallest caliper widths over the pixel corners of each grain's outline."""
+def _entries(here: np.ndarray, before: np.ndarray, n: int) -> np.ndarray:
+    """Per label 0..n: pixels of `here` whose predecessor (the same position in `before`) differs."""
+    change = here != before
+    return np.bincount(here[change], minlength=n + 1)
+
+
+def _feret(row, col, length, lab, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Largest and smallest caliper widths over the pixel corners of each grain's outline.
+
+    From the runs of each grain along rows (first pixel's row and column, length, label 1..n).
+    """
     feret_max = np.zeros(n)
     feret_min = np.zeros(n)
     if n == 0:
         return feret_max, feret_min
-    # The hull of a grain's pixels is spanned by the first and last pixel of each of its runs along rows.
-    change = labels[:, 1:] != labels[:, :-1]
-    first = np.ones(labels.shape, bool)
-    first[:, 1:] = change
-    last = np.ones(labels.shape, bool)
-    last[:, :-1] = change
-    first |= last
-    first &= labels > 0
-    r, c = np.nonzero(first)
-    lab = labels[r, c]
+    # The hull of a grain's pixels is spanned by the first and last pixel of each of its runs along rows
+    # (in row-major order; a one-pixel run gives one point).
+    r = np.repeat(row, 2)
+    c = np.stack([col, col + length - 1], axis=1).ravel()
+    lab = np.repeat(lab, 2)
+    single = np.ones(r.size, bool)
+    single[1::2] = length > 1
+    r, c, lab = r[single], c[single], lab[single]
     order = np.argsort(lab, kind="stable")
     r, c, lab = r[order], c[order], lab[order]
     bounds = np.searchsorted(lab, np.arange(1, n + 2))
@@ -955,24 +966,16 @@ def _mean_intercept_px(phases, labels, grain_code, occluder_code) -> float:
     del stop, region
     length = 0.0
     count = 0.0
-    # Rows of the map, then rows of its transposed view (columns): no padded copies.
-    for lines in (code, code.T):
-        grain = lines > 0
-        length += np.count_nonzero(grain)
-        change = lines[:, 1:] != lines[:, :-1]
-        start = grain.copy()
-        start[:, 1:] &= change
-        end = grain
-        end[:, :-1] &= change
-        del change
+    # Rows of the map, then its columns (rows of the transposed map).
+    for lines in (code, cv2.transpose(code)):
+        cols = lines.shape[1]
+        start, run_length, value = _row_runs(lines)
         # Beyond both ends of a line lies the region border (-1).
-        wall = lines == -1
-        beyond = np.ones_like(wall)
-        beyond[:, 1:] = wall[:, :-1]
-        # Segment k starts at the k-th start and ends at the k-th end (row-major order).
-        open_start = beyond[start]
-        beyond[:, :-1] = wall[:, 1:]
-        beyond[:, -1] = True
-        open_end = beyond[end]
-        count += open_start.size - 0.5 * np.count_nonzero(open_start | open_end)
+        before = np.r_[-1, value[:-1]]
+        before[start % cols == 0] = -1
+        after = np.r_[value[1:], -1]
+        after[(start + run_length) % cols == 0] = -1
+        segment = value > 0
+        length += run_length[segment].sum()
+        count += np.count_nonzero(segment) - 0.5 * np.count_nonzero(segment & ((before == -1) | (after == -1)))
     return float(length / count) if count > 0 else math.nan
