@@ -827,16 +827,15 @@ def _feret(row, col, length, lab, n: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(lab, kind="stable")
     r, c, lab = r[order], c[order], lab[order]
     bounds = np.searchsorted(lab, np.arange(1, n + 2))
-    corners = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]], dtype=np.float32)
-    points = np.stack([c, r], axis=1).astype(np.float32)
-    hulls = []
-    for g in range(n):
-        # Hull of the pixel centres first: the corners of its vertices span the same hull as all corners.
-        centres = cv2.convexHull(points[bounds[g] : bounds[g + 1]])
-        hulls.append(cv2.convexHull((centres + corners).reshape(-1, 2)).reshape(-1, 2))
+    points = np.stack([c, r], axis=1).astype(np.int32)
+    hulls = [cv2.convexHull(points[bounds[g] : bounds[g + 1]]).reshape(-1, 2) for g in range(n)]
     sizes = np.array([h.shape[0] for h in hulls])
     offsets = np.r_[0, np.cumsum(sizes)[:-1]]
-    vertices = np.concatenate(hulls).astype(np.float64)
+    hull_px = np.concatenate(hulls)
+    vertices = hull_px.astype(np.float64)
+    # The pixel corners' hull is the pixel centres' hull P plus the unit square S (Minkowski sum), so
+    # its widths are those of P plus |cos| + |sin| of the direction: the largest is the longest
+    # (|dx| + 1, |dy| + 1) between two vertices of P; the smallest lies across an edge of P or of S.
     # Grains of similar hull size in batches of padded (batch, k, k) arrays, ~2.5e5 elements each
     # (a few MB of temporaries, not a multiple of the frame).
     order = np.argsort(sizes, kind="stable")
@@ -852,15 +851,22 @@ def _feret(row, col, length, lab, n: int) -> tuple[np.ndarray, np.ndarray]:
         here = offsets[batch][:, None] + np.where(j < length, j, 0)  # pad with the first vertex
         after = offsets[batch][:, None] + np.where(j + 1 < length, j + 1, 0)
         hull, edges = vertices[here], vertices[after] - vertices[here]
-        diff = hull[:, :, None, :] - hull[:, None, :, :]
-        feret_max[batch] = np.sqrt((diff**2).sum(axis=3).max(axis=(1, 2)))
+        # Integer vertices: squared spans are exact (int32 up to spans of 32767 px).
+        span_sq = np.zeros((len(batch), k, k), np.int32 if hull_px.max(initial=0) < 32767 else np.int64)
+        for axis in (0, 1):
+            coord = hull_px[here, axis]
+            span = np.abs(coord[:, :, None] - coord[:, None, :]) + 1
+            span_sq += span * span
+        feret_max[batch] = np.sqrt(span_sq.max(axis=(1, 2)))
         # Rotating calipers: the smallest width is attained perpendicular to a hull edge.
         norm = np.hypot(edges[..., 0], edges[..., 1])
         real = (j < length) & (norm > 0)
         normals = np.stack([edges[..., 1], -edges[..., 0]], axis=2) / np.where(real, norm, 1.0)[..., None]
         proj = np.einsum("bpd,bed->bpe", hull, normals)
-        width = np.where(real, proj.max(axis=1) - proj.min(axis=1), np.inf)
-        feret_min[batch] = width.min(axis=1)
+        width = proj.max(axis=1) - proj.min(axis=1) + np.abs(normals).sum(axis=2)
+        width = np.where(real, width, np.inf).min(axis=1)
+        box = np.minimum(*(hull.max(axis=1) - hull.min(axis=1)).T) + 1.0  # across the square's edges
+        feret_min[batch] = np.minimum(width, box)
         start = stop
     return feret_max, feret_min
 
