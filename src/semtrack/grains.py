@@ -618,31 +618,42 @@ def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None) -> 
         inv_step = 1.0 / (_BRIGHTNESS_STEP * spread)
     first = _urgencies(a, b, saddle, peak, area, min_area_px, brightness, inv_step)
     # Plain Python lists and floats: this loop runs ~10^4 times per frame, numpy scalars are slow here.
+    # Per basin: its peak, area, whether it is small (merges by shape alone), and with brightness its
+    # sums, whether it is large enough to judge by brightness, and its mean (kept current on merges).
     parent = list(range(n))
+    small = (area < min_area_px).tolist()
     peak = peak.tolist()
     area = area.tolist()
     if brightness is not None:
+        judged = (cells >= min_cells).tolist()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = (total / cells).tolist()
         total, cells = total.tolist(), cells.tolist()
-    neighbours: list[dict[int, float]] = [{} for _ in range(n)]
+    else:
+        judged = [False] * n
+        bridge = 0.0
+    neighbours: list[dict[int, float] | None] = [{} for _ in range(n)]
     for i, j, s in zip(a.tolist(), b.tolist(), saddle.tolist(), strict=True):
         neighbours[i][j] = s
         neighbours[j][i] = s
 
     def urgency(i, j, s):
         # > 0: merge. Depth of the dip below the lower peak against the split threshold.
-        low = peak[i] if peak[i] < peak[j] else peak[j]
-        if area[i] < min_area_px or area[j] < min_area_px:
+        pi = peak[i]
+        pj = peak[j]
+        low = pi if pi < pj else pj
+        if small[i] or small[j]:
             return 1.0 + s / (low if low > 1e-9 else 1e-9)
         threshold = _SPLIT_DEPTH * low
         if threshold < _SPLIT_MIN_DEPTH_PX:
             threshold = _SPLIT_MIN_DEPTH_PX
-        depth = low - s
-        if brightness is None or cells[i] < min_cells or cells[j] < min_cells:
-            return threshold - depth
-        contrast = abs(total[i] / cells[i] - total[j] / cells[j]) * inv_step
+        if not (judged[i] and judged[j]):
+            return threshold - (low - s)
+        contrast = abs(mean[i] - mean[j]) * inv_step
         if contrast >= 1.0:
             return 1.0 - contrast
-        return min(threshold * (1.0 + bridge * (1.0 - contrast)) - depth, 1.0 - contrast)
+        bridged = threshold * (1.0 + bridge * (1.0 - contrast)) - (low - s)
+        return bridged if bridged <= 1.0 - contrast else 1.0 - contrast
 
     # Only pairs due to merge (urgency > 0) enter the heap: a pair's urgency changes only when one of its
     # basins grows, and then it is pushed again. Entries are re-checked when popped (lazy deletion).
@@ -652,26 +663,35 @@ def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None) -> 
     pop, push = heapq.heappop, heapq.heappush
     while heap:
         neg, i, j = pop(heap)
-        if parent[i] != i or parent[j] != j or j not in neighbours[i]:
+        if parent[i] != i or parent[j] != j:
             continue
-        current = urgency(i, j, neighbours[i][j])
+        near_i = neighbours[i]
+        s = near_i.get(j)
+        if s is None:
+            continue
+        current = urgency(i, j, s)
         if current != -neg:
             if current > 0:
                 push(heap, (-current, i, j))
             continue
         # Merge the smaller neighbour list into the larger one.
-        if len(neighbours[i]) < len(neighbours[j]):
+        near_j = neighbours[j]
+        if len(near_i) < len(near_j):
             i, j = j, i
+            near_i, near_j = near_j, near_i
         parent[j] = i
         if peak[j] > peak[i]:
             peak[i] = peak[j]
         area[i] += area[j]
+        small[i] = area[i] < min_area_px
         if brightness is not None:
             total[i] += total[j]
             cells[i] += cells[j]
-        near_i = neighbours[i]
+            judged[i] = cells[i] >= min_cells
+            if judged[i]:
+                mean[i] = total[i] / cells[i]
         del near_i[j]
-        for k, s in neighbours[j].items():
+        for k, s in near_j.items():
             if k == i:
                 continue
             near_k = neighbours[k]
@@ -679,7 +699,7 @@ def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None) -> 
             if near_i.get(k, -math.inf) < s:
                 near_i[k] = s
                 near_k[i] = s
-        neighbours[j] = {}
+        neighbours[j] = None
         for k, s in near_i.items():
             u = urgency(i, k, s)
             if u > 0:
