@@ -810,21 +810,24 @@ def _crofton_perimeter(labels: np.ndarray, n: int, row_crossings: np.ndarray) ->
     """
     if n == 0:
         return np.zeros(0)
-    first_row = np.bincount(labels[0], minlength=n + 1)
-    # Lines enter through the first row and, diagonally, through the side column they start from.
-    entries_90 = first_row + _entries(labels[1:], labels[:-1], n)
-    entries_45 = first_row + np.bincount(labels[1:, 0], minlength=n + 1) + _entries(labels[1:, 1:], labels[:-1, :-1], n)
-    entries_135 = (
-        first_row + np.bincount(labels[1:, -1], minlength=n + 1) + _entries(labels[1:, :-1], labels[:-1, 1:], n)
-    )
+    cols = labels.shape[1]
+    flat = np.ascontiguousarray(labels).ravel()
+    first_row = np.bincount(flat[:cols], minlength=n + 1)
+    # Pixels below the first row against their predecessors along d, as shifted flat views (contiguous:
+    # fast). A diagonal predecessor across the side of the image wraps to another row: those pixels
+    # are entries through the side column.
+    here = flat[cols:]
+    change = here != flat[: flat.size - cols]
+    entries_90 = first_row + np.bincount(here[np.flatnonzero(change)], minlength=n + 1)
+    change[:1] = True  # 45°, from the upper left: column 0 has no predecessor
+    np.not_equal(here[1:], flat[: flat.size - cols - 1], out=change[1:])
+    change[::cols] = True
+    entries_45 = first_row + np.bincount(here[np.flatnonzero(change)], minlength=n + 1)
+    np.not_equal(here, flat[1 : flat.size - cols + 1], out=change)  # 135°, from the upper right
+    change[cols - 1 :: cols] = True
+    entries_135 = first_row + np.bincount(here[np.flatnonzero(change)], minlength=n + 1)
     diagonal = 2.0 * (entries_45 + entries_135)[1:]
     return (math.pi / 8.0) * (row_crossings + 2.0 * entries_90[1:] + math.sqrt(0.5) * diagonal)
-
-
-def _entries(here: np.ndarray, before: np.ndarray, n: int) -> np.ndarray:
-    """Per label 0..n: pixels of `here` whose predecessor (the same position in `before`) differs."""
-    change = here != before
-    return np.bincount(here[change], minlength=n + 1)
 
 
 def _feret(row, col, length, lab, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -998,40 +1001,57 @@ def grain_summary(
 
 
 def _mean_intercept_px(phases, labels, grain_code, occluder_code) -> float:
-    """Heyn mean intercept along all rows and columns, in pixels."""
+    """Heyn mean intercept along all rows and columns, in pixels.
+
+    Grain segments of the test lines are the runs of one label > 0 (labels are 0 off the grain phase,
+    as :func:`measure_grains` returns them), or of the grain phase without labels. A segment is cut
+    (counts one half) where the pixel beyond either end lies outside the region, on an occluder, or
+    beyond the image edge; the phase map is read only at the segments' ends.
+    """
     if labels is not None:
         labels = np.asarray(labels)
         if labels.ndim != 2:
             raise ValueError(f"`labels` must be a 2-D label image, got shape {labels.shape}")
         if phases is not None and np.shape(phases) != labels.shape:
             raise ValueError(f"`labels` shape {labels.shape} differs from `phases` shape {np.shape(phases)}")
-        region = np.asarray(phases) != OUTSIDE if phases is not None else np.ones(labels.shape, bool)
-        code = np.maximum(labels, 0, dtype=np.int32)
+        code = labels if labels.dtype == np.int32 else labels.astype(np.int32)
     else:
         phases = np.asarray(phases)
         if phases.ndim != 2:
             raise ValueError(f"`phases` must be a 2-D phase map, got shape {phases.shape}")
-        region = phases != OUTSIDE
-        code = (phases == grain_code).astype(np.int32)
-    # Not-grain pixels that end a test line: outside the region (-1), else ordinary gaps (0).
-    # Occluders are handled as line ends too, since the grain continues under them.
-    stop = ~region
-    if phases is not None and occluder_code is not None:
-        stop |= np.asarray(phases) == occluder_code
-    code[stop] = -1
-    del stop, region
-    length = 0.0
+        code = (phases == grain_code).view(np.uint8)
+    flat_phases = None if phases is None else np.asarray(phases).ravel()
+    rows, cols = code.shape
+
+    def stops(index: np.ndarray) -> np.ndarray:
+        # Not-grain pixels that end a test line: outside the region, and occluders (the grain
+        # continues under them).
+        if flat_phases is None:
+            return np.zeros(index.size, bool)
+        phase = flat_phases[index]
+        stop = phase == OUTSIDE
+        if occluder_code is not None:
+            stop |= phase == occluder_code
+        return stop
+
+    length = 0
     count = 0.0
-    # Rows of the map, then its columns (rows of the transposed map).
-    for lines in (code, cv2.transpose(code)):
-        cols = lines.shape[1]
+    # Rows of the map, then its columns (rows of the transposed map; `to_map` turns their flat
+    # indices into the map's).
+    for lines, to_map in (
+        (code, lambda index: index),
+        (cv2.transpose(code), lambda index: (index % rows) * cols + index // rows),
+    ):
+        line_length = lines.shape[1]
         start, run_length, value = _row_runs(lines)
-        # Beyond both ends of a line lies the region border (-1).
-        before = np.r_[-1, value[:-1]]
-        before[start % cols == 0] = -1
-        after = np.r_[value[1:], -1]
-        after[(start + run_length) % cols == 0] = -1
         segment = value > 0
-        length += run_length[segment].sum()
-        count += np.count_nonzero(segment) - 0.5 * np.count_nonzero(segment & ((before == -1) | (after == -1)))
+        start, run_length = start[segment], run_length[segment]
+        stop = start + run_length  # one past the end
+        # Beyond both ends of a line lies the region border.
+        open_end = start % line_length == 0
+        open_end |= stop % line_length == 0
+        inner = np.flatnonzero(~open_end)
+        open_end[inner] = stops(to_map(start[inner] - 1)) | stops(to_map(stop[inner]))
+        length += int(run_length.sum())
+        count += start.size - 0.5 * np.count_nonzero(open_end)
     return float(length / count) if count > 0 else math.nan
