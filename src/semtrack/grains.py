@@ -339,7 +339,7 @@ def _split_grains(
         # island covers; the island's outline is the better evidence of that contact.
         solid = _fill_hidden(mask, hidden)
     dist = cv2.distanceTransform(solid, cv2.DIST_L2, cv2.DIST_MASK_5)
-    dist = np.minimum(dist, float(max(grain.shape)))
+    np.minimum(dist, float(max(grain.shape)), out=dist)
     factor = _coarse_factor(grain)
     if factor > 1:
         rows, cols = grain.shape
@@ -399,14 +399,13 @@ def _split_grains(
     area = np.bincount(basins.ravel(), minlength=n_seeds).astype(float) * factor**2
     a, b, saddle = _saddles(basins, dist_c)
     root = _merge_basins(n_seeds, a, b, saddle, peak, area, min_area_px, brightness)
-    coarse = root[basins].astype(np.float32)
+    coarse = root.astype(np.int32)[basins]
     if factor == 1:
-        labels = coarse.astype(np.int32)
-        labels[~grain] = 0
-        return labels
+        coarse *= grain
+        return coarse
     labels = cv2.resize(coarse, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
-    labels = labels[: grain.shape[0], : grain.shape[1]].astype(np.int32)
-    labels[~grain] = 0
+    labels = np.ascontiguousarray(labels[: grain.shape[0], : grain.shape[1]])
+    labels *= grain
     unlabelled = _fill_from_neighbours(labels, grain, factor)
     return _respect_components(labels, solid.view(bool), unlabelled)
 
@@ -714,13 +713,13 @@ def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None) -> 
 
 
 def _drop_small(labels: np.ndarray, min_area_px: float) -> np.ndarray:
-    """Labels of fewer than `min_area_px` pixels become 0; the rest are renumbered 1..n in order."""
+    """Labels of fewer than `min_area_px` pixels become 0; the rest are renumbered 1..n in order (in place)."""
     area = np.bincount(labels.ravel())
     keep = area >= min_area_px
     keep[0] = False
     lut = np.cumsum(keep).astype(np.int32)
     lut[~keep] = 0
-    return lut[labels]
+    return lut.take(labels, out=labels, mode="clip")  # in place: no second full-size array
 
 
 def _labels_in(labels: np.ndarray, where: np.ndarray, n: int) -> np.ndarray:
