@@ -430,12 +430,17 @@ def _fill_hidden(mask: np.ndarray, hidden: np.ndarray) -> np.ndarray:
 def _label_maximum(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
     """Largest value of each label 0..n-1 (0 where a label is absent); values must be >= 0."""
     flat = labels.ravel()
-    order = np.argsort(flat, kind="stable")  # radix sort of integers: linear time
+    order = _stable_argsort(flat, n)
     sorted_labels = flat[order]
     starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
     out = np.zeros(n)
     out[sorted_labels[starts]] = np.maximum.reduceat(values.ravel()[order], starts)
     return out
+
+
+def _stable_argsort(values: np.ndarray, n: int) -> np.ndarray:
+    """Stable argsort of integers in 0..n-1; as uint16 when they fit (numpy then radix-sorts: ~15x faster)."""
+    return np.argsort(values.astype(np.uint16) if n <= 65536 else values, kind="stable")
 
 
 def _fill_from_neighbours(labels: np.ndarray, grain: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -446,19 +451,23 @@ def _fill_from_neighbours(labels: np.ndarray, grain: np.ndarray, steps: int) -> 
     still unlabelled.
     """
     rows, cols = labels.shape
-    r, c = np.nonzero(grain & (labels == 0))
+    flat = labels.ravel()
+    index = np.flatnonzero(grain & (labels == 0))
     for _ in range(steps):
-        if r.size == 0:
+        if index.size == 0:
             break
-        best = np.zeros(r.size, labels.dtype)
-        for dr in (-1, 0, 1):
-            rr = np.clip(r + dr, 0, rows - 1)
-            for dc in (-1, 0, 1):
-                np.maximum(best, labels[rr, np.clip(c + dc, 0, cols - 1)], out=best)
-        labels[r, c] = best
-        left = best == 0
-        r, c = r[left], c[left]
-    return r, c
+        r, c = np.divmod(index, cols)
+        # Flat indices of the 3 x 3 neighbourhood, clamped at the image edge (a clamped neighbour lies
+        # in the pixel's own neighbourhood, so the maximum is unchanged).
+        rows_above_here_below = (np.maximum(r - 1, 0) * cols, r * cols, np.minimum(r + 1, rows - 1) * cols)
+        cols_left_here_right = (np.maximum(c - 1, 0), c, np.minimum(c + 1, cols - 1))
+        best = np.zeros(index.size, labels.dtype)
+        for row in rows_above_here_below:
+            for col in cols_left_here_right:
+                np.maximum(best, flat.take(row + col), out=best)
+        flat[index] = best
+        index = index[best == 0]
+    return np.divmod(index, cols)
 
 
 def _coarse_image(image: np.ndarray, factor: int) -> np.ndarray:
@@ -846,7 +855,7 @@ def _feret(row, col, length, lab, n: int) -> tuple[np.ndarray, np.ndarray]:
     single = np.ones(r.size, bool)
     single[1::2] = length > 1
     r, c, lab = r[single], c[single], lab[single]
-    order = np.argsort(lab, kind="stable")
+    order = _stable_argsort(lab, n + 1)
     r, c, lab = r[order], c[order], lab[order]
     bounds = np.searchsorted(lab, np.arange(1, n + 2))
     points = np.stack([c, r], axis=1).astype(np.int32)
