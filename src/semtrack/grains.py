@@ -291,10 +291,10 @@ def measure_grains(
         labels = _split_grains(grain, min_area_px, image, keep_necks, hidden, scarce)
     else:
         labels = cv2.connectedComponents(grain.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)[1]
-    labels = _drop_small(labels, min_area_px)
+    labels, runs = _drop_small(labels, min_area_px)
 
     occluder = region & (phases == occluder_code) if occluder_code is not None else None
-    table = _grain_table(labels, region, occluder, scale)
+    table = _grain_table(labels, runs, region, occluder, scale)
     return labels, table
 
 
@@ -721,14 +721,23 @@ def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None) -> 
         root = up
 
 
-def _drop_small(labels: np.ndarray, min_area_px: float) -> np.ndarray:
-    """Labels of fewer than `min_area_px` pixels become 0; the rest are renumbered 1..n in order (in place)."""
-    area = np.bincount(labels.ravel())
+def _drop_small(labels: np.ndarray, min_area_px: float) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Labels of fewer than `min_area_px` pixels become 0; the rest are renumbered 1..n in order (in place).
+
+    Also returns the runs of the renumbered labels > 0 along rows (as `_row_runs`), for the table.
+    """
+    start, length, lab = _row_runs(labels)
+    grain = lab > 0
+    start, length, lab = start[grain], length[grain], lab[grain]
+    area = np.bincount(lab, weights=length, minlength=int(lab.max(initial=0)) + 1)
     keep = area >= min_area_px
     keep[0] = False
     lut = np.cumsum(keep).astype(np.int32)
     lut[~keep] = 0
-    return lut.take(labels, out=labels, mode="clip")  # in place: no second full-size array
+    lut.take(labels, out=labels, mode="clip")  # in place: no second full-size array
+    lab = lut[lab]
+    kept = lab > 0
+    return labels, (start[kept], length[kept], lab[kept])
 
 
 def _labels_in(labels: np.ndarray, where: np.ndarray, n: int) -> np.ndarray:
@@ -757,13 +766,12 @@ def _row_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return starts, length, flat[starts]
 
 
-def _grain_table(labels, region, occluder, scale) -> pd.DataFrame:
-    n = int(labels.max())
+def _grain_table(labels, runs, region, occluder, scale) -> pd.DataFrame:
+    """The per-grain table of labels 1..n, from their runs along rows (first pixel, length, label)."""
+    start, length, lab = runs
+    n = int(lab.max(initial=0))
     ids = np.arange(1, n + 1)
     cols = labels.shape[1]
-    start, length, lab = _row_runs(labels)
-    keep = lab > 0
-    start, length, lab = start[keep], length[keep], lab[keep]
     row, col = np.divmod(start, cols)
     area = np.bincount(lab, weights=length, minlength=n + 1)[1:]
     # Sums of the row and column indices of each grain's pixels (integers: exact in float64).
