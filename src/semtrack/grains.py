@@ -281,19 +281,17 @@ def measure_grains(
             )
     min_area_px = min_grain_area_um2 / scale**2
 
+    occluder = region & (phases == occluder_code) if occluder_code is not None else None
     if split_touching:
         # How much of the non-island region the grains fill decides which evidence to trust.
-        space = np.count_nonzero(region & (phases != occluder_code)) if occluder_code is not None else region.sum()
+        space = np.count_nonzero(region) - (np.count_nonzero(occluder) if occluder is not None else 0)
         filled = np.count_nonzero(grain)
         keep_necks = filled >= (1.0 - _KEEP_NECKS_BELOW) * space
         scarce = filled >= (1.0 - _SCARCE_BELOW) * space
-        hidden = region & (phases == occluder_code) if occluder_code is not None else None
-        labels = _split_grains(grain, min_area_px, image, keep_necks, hidden, scarce)
+        labels = _split_grains(grain, min_area_px, image, keep_necks, occluder, scarce)
     else:
         labels = cv2.connectedComponents(grain.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)[1]
     labels, runs = _drop_small(labels, min_area_px)
-
-    occluder = region & (phases == occluder_code) if occluder_code is not None else None
     table = _grain_table(labels, runs, region, occluder, scale)
     return labels, table
 
@@ -742,7 +740,7 @@ def _drop_small(labels: np.ndarray, min_area_px: float) -> tuple[np.ndarray, tup
 
 def _labels_in(labels: np.ndarray, where: np.ndarray, n: int) -> np.ndarray:
     """Bool per label 0..n: does the label occur where `where` is True."""
-    return np.bincount(labels[where], minlength=n + 1)[: n + 1] > 0
+    return np.bincount(labels.ravel()[np.flatnonzero(where)], minlength=n + 1)[: n + 1] > 0
 
 
 def _row_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
