@@ -61,22 +61,35 @@ def test_transforms_within_limits(series):
 
 
 def test_truth_maps_follow_the_transform(series):
-    """phases_ref warped by M (nearest) equals the frame's own phase map, except on a thin boundary."""
+    """phases_ref warped by M equals the frame's own phase map wherever the interpolation sees one phase.
+
+    A frame's truth is the phase with the largest bilinear weight at the pixel's sampling point; its
+    four bilinear neighbours lie within the 3x3 neighbourhood of the nearest reference pixel, so where
+    that neighbourhood is uniform the truth must be that phase.
+    """
     H, W = series.shape
+    kernel = np.ones((3, 3), np.uint8)
+
+    def warp(image):
+        return cv2.warpAffine(
+            image,
+            series.matrices[i][:2],
+            (W, H),
+            flags=cv2.INTER_NEAREST,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=OUTSIDE,
+        )
+
     for i in range(1, len(series)):
-        warped = cv2.warpAffine(series.phases_ref[i], series.matrices[i][:2], (W, H), flags=cv2.INTER_NEAREST,
-                                borderMode=cv2.BORDER_CONSTANT, borderValue=OUTSIDE)
+        ref = series.phases_ref[i]
+        warped = warp(ref)
+        uniform = (warp(cv2.erode(ref, kernel)) == warp(cv2.dilate(ref, kernel))) & (warped != OUTSIDE)
+        assert uniform.mean() > 0.5
+        np.testing.assert_array_equal(series.phases[i][uniform], warped[uniform])
         both = (warped != OUTSIDE) & (series.phases[i] != OUTSIDE)
         assert both.mean() > 0.6
-        differ = both & (warped != series.phases[i])
-        # Disagreements only next to a phase boundary (nearest-neighbour rounding).
-        edges = np.zeros((H, W), bool)
-        for code in range(4):
-            m = series.phases[i] == code
-            edges |= m ^ ndimage.binary_erosion(m, iterations=1, border_value=1)
-        edges = ndimage.binary_dilation(edges, iterations=1)
-        assert not np.any(differ & ~edges)
-        assert differ.sum() / both.sum() < 0.03
+        # and nearest-neighbour and majority truth differ only on a few boundary pixels
+        assert (both & (warped != series.phases[i])).sum() / both.sum() < 0.03
 
 
 def test_images_follow_the_truth(series):
@@ -412,3 +425,47 @@ def test_write_series_rejects_duplicate_names(tmp_path):
     s = make_series(shape=(96, 128), n_frames=2, seed=0)
     with pytest.raises(ValueError, match="name_template"):
         write_series(s, tmp_path, name_template="frame.tif")
+
+
+def test_warped_truth_agrees_with_the_image_where_nearest_neighbour_does_not(series):
+    """Where the majority truth and a nearest-neighbour warp of the reference disagree, the image's
+    level is closer to the majority phase's: the truth describes what the interpolated image shows."""
+    H, W = series.shape
+    closer, total = 0, 0
+    for i in range(1, len(series)):
+        nearest = cv2.warpAffine(
+            series.phases_ref[i],
+            series.matrices[i][:2],
+            (W, H),
+            flags=cv2.INTER_NEAREST,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=OUTSIDE,
+        )
+        truth, image = series.phases[i], cv2.GaussianBlur(series.images[i].astype(np.float32), (0, 0), 0.7)
+        inner = ndimage.binary_erosion(truth != OUTSIDE, iterations=3)
+        level = np.full(256, np.nan)
+        for code in range(4):
+            core = ndimage.binary_erosion(truth == code, iterations=2) & inner
+            level[code] = np.median(image[core])
+        differ = inner & (nearest != truth) & (nearest != OUTSIDE)
+        closer += np.sum(np.abs(image - level[truth])[differ] < np.abs(image - level[nearest])[differ])
+        total += differ.sum()
+    assert total > 100
+    assert closer / total > 0.6, closer / total
+
+
+def test_image_and_truth_are_in_register(series):
+    """The detector smear is one-sided, but its centroid is compensated: the sub-pixel x shift that best
+    lays the truth's phase levels over the image is ~0 (it was 0.36 px before the compensation)."""
+    image, truth = series.images[0].astype(np.float32), series.phases[0]
+    inner = ndimage.binary_erosion(truth != OUTSIDE, iterations=4)
+    level = np.zeros(256, np.float32)
+    for code in range(4):
+        level[code] = np.median(image[ndimage.binary_erosion(truth == code, iterations=2) & inner])
+    ideal = cv2.GaussianBlur(level[truth], (0, 0), 0.8)
+    shifts = np.linspace(-0.6, 0.6, 25)
+    errors = []
+    for dx in shifts:
+        moved = cv2.warpAffine(ideal, np.float32([[1, 0, dx], [0, 1, 0]]), ideal.shape[::-1], flags=cv2.INTER_LINEAR)
+        errors.append(np.mean((moved - image)[inner] ** 2))
+    assert abs(shifts[int(np.argmin(errors))]) <= 0.1, shifts[int(np.argmin(errors))]

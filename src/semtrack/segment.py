@@ -7,11 +7,17 @@ Unsupervised mode (:func:`fit_phase_model`, :func:`segment_frame`)
        valleys of the (log) histogram of off-edge pixels when the phases form separate peaks (so a
        1 % phase keeps its class and a dominant phase with grain-to-grain orientation contrast is
        not split); a valley counts only with enough pixels on both sides (stray pixels in the gap
-       between two peaks make no class). Where too few valleys are found, the most prominent faint
-       one is added, then a minimum-error (Kittler-Illingworth) split, multi-Otsu only when the
-       phases overlap into one peak. The candidate sets of present phases are checked against the
-       known order (glass is not near-black beside a darker phase; all frames share a similar
-       glass-NaSICON contrast). Boundaries are stored in
+       between two peaks make no class), with class medians more than the denoised noise apart on
+       both sides, and with some frame showing both sides (else it is a dip inside one peak, e.g.
+       pores of frames with different black levels). Where too few valleys are found, the most
+       prominent faint one is added, then a minimum-error (Kittler-Illingworth) split, multi-Otsu
+       only when the phases overlap into one peak. The candidate sets of present phases are checked
+       against the known order (glass is not near-black beside a darker phase; all frames share a
+       similar glass-NaSICON contrast; neighbouring classes occur together in some frame); of two
+       ways to start the fit, the one under which the frames are most likely (a Gaussian mixture of
+       the shared classes in image units) wins, and a frame is mapped onto a fitted model by the
+       better-fitting (minimum-error) of two starts, its own valleys and the series' usual map.
+       Boundaries are stored in
        *normalised* units in which two stable "anchor" phases (by default glass and NaSICON) have
        medians 0 and 1; each frame gets its own affine map (brightness, contrast), re-estimated
        against the shared boundaries, so a phase that grows a lot between frames (Na3PO4) does not
@@ -362,7 +368,9 @@ def _multiotsu(values: np.ndarray, n: int) -> np.ndarray:
         ) from exc
 
 
-def _find_thresholds(values: np.ndarray, n: int, min_valley: float = _MIN_VALLEY) -> np.ndarray:
+def _find_thresholds(
+    values: np.ndarray, n: int, min_valley: float = _MIN_VALLEY, min_gap: float = 0.0, sizes: Sequence[int] = ()
+) -> np.ndarray:
     """Class boundaries: histogram valleys when the phases form separate peaks, else multi-Otsu.
 
     Valleys of the log-histogram do not depend on the phase fractions, so a 1 % phase (pores,
@@ -371,17 +379,27 @@ def _find_thresholds(values: np.ndarray, n: int, min_valley: float = _MIN_VALLEY
     beside a dominant one (glass films at 5 % beside NaSICON) takes the most prominent faint valley
     (its shoulder), else is split off by the minimum-error criterion (a two-Gaussian fit) within a
     segment between the valleys found. When the phases overlap into one peak (no valley at all),
-    Otsu's between-class variance decides.
+    Otsu's between-class variance decides. Valleys between classes whose medians lie less than
+    ``min_gap`` apart (the noise, in the units of ``values``) do not count, nor, when ``values``
+    pools several frames (``sizes``: their pixel counts, in order), valleys between two classes that
+    no frame shows together.
     """
     hist, centres = _histogram(values)
+    width = centres[1] - centres[0]
+    frame_cum = None
+    if len(sizes) > 1:
+        bins = np.clip(((values - (centres[0] - 0.5 * width)) / width).astype(np.intp), 0, hist.size - 1)
+        parts = np.split(bins, np.cumsum(sizes)[:-1])
+        frame_cum = np.array([np.concatenate([[0], np.cumsum(np.bincount(p, minlength=hist.size))]) for p in parts])
+    gap = (min_gap / width, frame_cum)
     # a small phase may leave only a shallow valley: accept it before falling back
-    idx = _valley_bins(hist, n, 0.6 * min_valley)
+    idx = _valley_bins(hist, n, 0.6 * min_valley, gap)
     if idx.size == 0:
         return _multiotsu(values, n)
     if idx.size < n - 1:
         # the most prominent faint valleys (a scarce phase's shoulder on a dominant peak); deeper ones
         # are the valleys already taken, or the same gaps merged with the stray pixels in them
-        weak, prom = _valley_candidates(hist, _FAINT_VALLEY)
+        weak, prom = _valley_candidates(hist, _FAINT_VALLEY, gap)
         weak = weak[prom < 0.6 * min_valley][: n - 1 - idx.size]
         idx = np.sort(np.append(idx, weak)).astype(int)
     while idx.size < n - 1:
@@ -400,18 +418,23 @@ def _histogram(values: np.ndarray, n_bins: int = 256) -> tuple[np.ndarray, np.nd
     return hist.astype(float), 0.5 * (edges[:-1] + edges[1:])
 
 
-def _valley_bins(hist: np.ndarray, n: int, min_valley: float) -> np.ndarray:
+def _valley_bins(hist: np.ndarray, n: int, min_valley: float, gap: tuple = (0.0, None)) -> np.ndarray:
     """Bins of the up to ``n - 1`` deepest valleys of the smoothed log-histogram, sorted."""
-    idx, _ = _valley_candidates(hist, min_valley)
+    idx, _ = _valley_candidates(hist, min_valley, gap)
     return np.sort(idx[: n - 1])
 
 
-def _valley_candidates(hist: np.ndarray, min_valley: float) -> tuple[np.ndarray, np.ndarray]:
+def _valley_candidates(hist: np.ndarray, min_valley: float, gap: tuple = (0.0, None)) -> tuple[np.ndarray, np.ndarray]:
     """Valleys of the smoothed log-histogram (bins, prominences), most prominent first.
 
     A valley counts only between classes of at least ``_MIN_SHARE`` of the pixels: the valleys on
     both sides of a few stray pixels in the empty stretch between two phases are one gap (merged
-    at its middle), and a valley cutting off a near-empty tail is dropped.
+    at its middle), and a valley cutting off a near-empty tail is dropped. ``gap`` is
+    ``(min_gap_bins, frame_cum)``: nor does a valley count when the medians of the classes on its two
+    sides lie less than ``min_gap_bins`` apart (the noise: a dip inside one phase's peak), or when no
+    frame (rows of ``frame_cum``, the frames' cumulative histograms) holds ``_MIN_SHARE`` of its
+    pixels in both (one phase seen through frame maps that disagree: the pores of frames with
+    different black levels).
     """
     log_hist = ndi.gaussian_filter1d(np.log1p(hist), 2.0)
     idx, props = find_peaks(-log_hist, prominence=min_valley)
@@ -433,8 +456,30 @@ def _valley_candidates(hist: np.ndarray, min_valley: float) -> tuple[np.ndarray,
             # a near-empty class between two valleys: one gap, split at its middle
             idx = np.concatenate([idx[: k - 1], [(idx[k - 1] + idx[k]) // 2], idx[k + 1 :]])
             prom = np.concatenate([prom[: k - 1], [max(prom[k - 1], prom[k])], prom[k + 1 :]])
+    min_gap_bins, frame_cum = gap
+    while idx.size:
+        bounds = np.concatenate([[0], idx, [hist.size]])
+        bad = np.zeros(idx.size, bool)
+        if min_gap_bins > 0:
+            medians = [_bin_median(cum, i0, i1) for i0, i1 in zip(bounds[:-1], bounds[1:], strict=True)]
+            bad |= np.diff(medians) < min_gap_bins
+        if frame_cum is not None:
+            mass = frame_cum[:, bounds[1:]] - frame_cum[:, bounds[:-1]]
+            held = mass >= np.maximum(_MIN_SHARE * frame_cum[:, -1:], 10.0)
+            bad |= ~np.any(held[:, :-1] & held[:, 1:], axis=0)
+        if not bad.any():
+            break
+        # drop the least prominent of the valleys that do not count, then look again
+        k = int(np.flatnonzero(bad)[np.argmin(prom[bad])])
+        idx, prom = np.delete(idx, k), np.delete(prom, k)
     order = np.argsort(prom, kind="stable")[::-1]
     return idx[order], prom[order]
+
+
+def _bin_median(cum: np.ndarray, i0: int, i1: int) -> float:
+    """Median (fractional bin) of the histogram bins ``i0:i1``, from its cumulative sum ``cum``."""
+    half = 0.5 * (cum[i0] + cum[i1])
+    return float(np.interp(half, cum[i0 : i1 + 1], np.arange(i0, i1 + 1))) - 0.5
 
 
 def _best_split(hist: np.ndarray, cuts: np.ndarray) -> int | None:
@@ -536,14 +581,16 @@ def _present_classes(thresholds, ia, ib):
     return usable, reduced(ia), reduced(ib), usable.size + 1
 
 
-def _normalise_frame(values, thresholds_u, ia, ib, n, n_iter=8, hint=None):
+def _normalise_frame(values, thresholds_u, ia, ib, n, n_iter=8, hint=None, from_hint=True):
     """Affine map (a, b) with ``u = (x - a) / b`` putting the frame's anchor-class medians at 0 and 1.
 
     Starts from the frame's own multi-Otsu classes, then alternates classification with the shared
     thresholds and re-estimation of the anchor medians, so that phase fractions (which change between
     frames) do not move the class definitions. An anchor class holding less than ``_SCARCE_ANCHOR``
     of the pixels is not re-estimated from its median: the other anchor and the frame's valleys,
-    matched to the shared thresholds, fix the map then.
+    matched to the shared thresholds, fix the map then. With ``hint`` (the series' usual map) and
+    ``from_hint``, the iteration also starts from the hint, and of the two maps the one whose classes
+    fit the frame better (:func:`_map_error`) wins.
     """
     if hint is not None:
         lo, hi = np.quantile(values, [0.001, 0.999])
@@ -555,6 +602,21 @@ def _normalise_frame(values, thresholds_u, ia, ib, n, n_iter=8, hint=None):
     a, b = _initial_map(values, thresholds_u, ia, ib, n, hint)
     if not (np.isfinite(a) and np.isfinite(b) and b > 0):
         a, b = np.quantile(values, 0.5), max(np.quantile(values, 0.9) - np.quantile(values, 0.5), 1e-6)
+    a, b = _refine_map(values, thresholds_u, ia, ib, n, a, b, n_iter)
+    # near the hint (within 10 % of the contrast), a start from the hint would end on the same map
+    if not from_hint or hint is None or (abs(a - hint[0]) < 0.1 * hint[1] and abs(np.log(b / hint[1])) < 0.1):
+        return a, b
+    # the frame's valleys may be matched to the wrong boundaries (a valley next to near-black pores),
+    # and the iteration then settles on other phases: start from the series' usual map too, and keep
+    # the map whose classes fit the frame better
+    other = _refine_map(values, thresholds_u, ia, ib, n, float(hint[0]), float(hint[1]), n_iter)
+    few = values[:: max(values.size // _FEW, 1)]
+    return min((a, b), other, key=lambda m: _map_error(few, thresholds_u, *m))
+
+
+def _refine_map(values, thresholds_u, ia, ib, n, a, b, n_iter):
+    """Iterate a frame's map (a, b) from a start: classify with the shared thresholds, re-estimate the
+    anchors; see :func:`_normalise_frame`."""
     valleys = None
     for _ in range(n_iter):
         cls = np.digitize((values - a) / b, thresholds_u)
@@ -582,6 +644,26 @@ def _normalise_frame(values, thresholds_u, ia, ib, n, n_iter=8, hint=None):
     return float(a), float(b)
 
 
+def _map_error(values, thresholds_u, a, b) -> float:
+    """Minimum-error criterion (see :func:`_error_term`) of a frame's classes under the map (a, b), in
+    image units: the classification likelihood of a Gaussian mixture, lower for a map whose classes
+    are the frame's peaks than for one that cuts through them."""
+    if not b > 0:
+        return np.inf
+    cls = np.digitize((values - a) / b, thresholds_u)
+    count = np.bincount(cls, minlength=thresholds_u.size + 1).astype(float)
+    s1 = np.bincount(cls, values, minlength=count.size)
+    s2 = np.bincount(cls, values * values.astype(float), minlength=count.size)
+    # in units of 1e-3 of the grey scale, the error term's SD floor of one unit keeps a spike finite; a
+    # unit fixed in image units (not in units of b) keeps maps of different contrast comparable
+    term = _error_term(count, s1 / _GREY_UNIT, s2 / _GREY_UNIT**2, count.sum())
+    return float(np.sum(term[count >= 10]))
+
+
+#: Pixels per frame enough to compare maps by their fit (likelihoods to ~1 %).
+_FEW = 25_000
+#: Grey-level unit of :func:`_map_error` (frames are in [0, 1]); the SD of a class is at least this.
+_GREY_UNIT = 1e-3
 #: An anchor class with fewer than this share of a frame's off-edge pixels has no reliable median.
 _SCARCE_ANCHOR = 0.005
 #: Largest distance (normalised units) of a frame's valley from a shared boundary to be matched to it.
@@ -629,8 +711,11 @@ def fit_phase_model(
     gets an empty class (two equal thresholds) rather than a split-off part of a neighbour. Fits
     whose class boundaries all lie on valleys of the pooled histogram go first; a fit is rejected
     when the darker anchor is near black while darker phases exist (pores or a shadow taken for
-    glass), or when the frames' anchor contrasts differ more than 1.6-fold (a frame mapped onto
-    other phases). When a
+    glass), when the frames' anchor contrasts differ more than 1.6-fold (a frame mapped onto
+    other phases), or when two neighbouring classes never occur in the same frame (one phase seen
+    through frame maps that disagree). Histogram valleys between classes whose medians lie closer
+    than the noise are dips inside one peak, not boundaries. Of the starts of the alternation, the
+    one under which the frames are most likely wins. When a
     lone class darker than the anchors could be either of two phases, it is the darkest phase
     (pores) if its image intensity is below half the darker anchor's (near black), else the other.
     Frames showing a single phase (grey levels within the noise) are left out of the fit.
@@ -708,19 +793,20 @@ def fit_phase_model(
         if len(valids) != len(frames):
             raise ValueError(f"`valid` has {len(valids)} masks for {len(frames)} frames")
 
-    samples = []
+    samples, noises = [], []
     for i, (f, v) in enumerate(zip(frames, valids, strict=True)):
         prep = _prepare(f, v, denoise_sigma_px, name=f"images[{i}]" if len(frames) > 1 else "image")
         # a field of one phase only (all Na3PO4, all NaSICON) holds no class boundary: leave it out
         if not _single_phase(prep):
             samples.append(_sample(prep.smooth[prep.calm], 200_000 // len(frames) + 1000))
+            noises.append(prep.noise)
     if not samples:
         raise SegmentationError(
             "the image shows a single phase or no contrast between phases (its grey levels vary no more "
             "than the noise); fit the model on frames showing the phases and pass it as `model`"
         )
 
-    fitted = _fit_present(samples, n, ia, ib, n_rounds)
+    fitted = _fit_present(samples, noises, n, ia, ib, n_rounds)
     if fitted is None:
         raise SegmentationError(
             f"cannot separate the anchor phases {anchor_phases}: some class is empty or out of order; "
@@ -770,26 +856,58 @@ def _single_phase(prep: _Prepared) -> bool:
     return bool(hi - lo < _SINGLE_PHASE_SPREAD * prep.noise)
 
 
-def _fit_classes(samples, n, ia, ib, n_rounds):
+def _fit_classes(samples, noises, n, ia, ib, n_rounds):
     """Best of the two starts of :func:`_fit_series`, or None when no ordered fit exists.
 
     Two starts: every frame from its own classes, or the frames whose histogram shows every phase
     defining the boundaries and the others mapped onto them (a phase may be missing from some
-    frames, e.g. no Na3PO4 yet, or glass only as thin films). A wrong start shows up as
-    inconsistent contrast between frames of one series; keep the most consistent ordered fit.
+    frames, e.g. no Na3PO4 yet, or glass only as thin films). A wrong start maps some frame's anchors
+    onto other phases, so that frame's peaks miss the shared classes: keep the ordered fit under which
+    the frames are most likely (:func:`_series_loglik`; contrast ratios between frames, as in real
+    series up to ~1.4, cannot tell).
     """
     fits = []
     for use_complete in (False, True):
         try:
-            fit = _fit_series(samples, n, ia, ib, n_rounds, use_complete)
+            fit = _fit_series(samples, noises, n, ia, ib, n_rounds, use_complete)
         except SegmentationError:
             continue
         if _ordered(fit[2]):
-            spread = float(np.ptp(np.log([b for _, b in fit[0]])))
-            fits.append((spread, use_complete, fit))
+            fits.append((_series_loglik(samples, fit), use_complete, fit))
     if not fits:
         return None
-    return min(fits, key=lambda f: (round(f[0], 2), f[1]))[2]
+    return max(fits, key=lambda f: (f[0], not f[1]))[2]
+
+
+def _series_loglik(samples, fit) -> float:
+    """Mean log-likelihood per pixel (image units, frames weighing the same) of the frames under a fit.
+
+    Every frame is a Gaussian mixture of the shared classes: class k at ``a + b * median_k`` with SD
+    ``b * sd_k`` (pooled robust SD in normalised units) and the frame's own class shares. Being in
+    image units (the ``-ln b`` of the change of variable), it compares fits whose frame maps differ:
+    a frame whose anchors sit on the wrong phases puts its peaks where the shared classes are not.
+    """
+    maps, thresholds, medians, pooled = fit
+    n = len(medians)
+    cls = np.digitize(pooled, thresholds)
+    sd = np.array([_robust_sd(pooled[cls == k]) for k in range(n)])
+    total = 0.0
+    for vals, (a, b) in zip(samples, maps, strict=True):
+        u = (vals[:: max(vals.size // _FEW, 1)] - a) / b
+        share = np.bincount(np.digitize(u, thresholds), minlength=n) / u.size
+        dens = np.zeros(u.size)
+        for k in range(n):
+            if share[k] > 0:
+                dens += share[k] * np.exp(-0.5 * ((u - medians[k]) / sd[k]) ** 2) / sd[k]
+        total += float(np.mean(np.log(np.maximum(dens, 1e-300)))) - np.log(b)
+    return total / len(samples)
+
+
+def _robust_sd(vals: np.ndarray) -> float:
+    """SD from the median absolute deviation (at least 1e-3); infinite for fewer than 10 values."""
+    if vals.size < 10:
+        return np.inf
+    return max(1.4826 * float(np.median(np.abs(vals - np.median(vals)))), 1e-3)
 
 
 def _separation(pooled: np.ndarray, thresholds: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -810,7 +928,7 @@ def _separation(pooled: np.ndarray, thresholds: np.ndarray, n: int) -> tuple[np.
     return share, np.nan_to_num(sep, nan=0.0)
 
 
-def _fit_present(samples, n, ia, ib, n_rounds):
+def _fit_present(samples, noises, n, ia, ib, n_rounds):
     """Fit the classes of the phases that are present: ``(present ranks, fit)`` or None.
 
     The anchors are always needed; any other phase may be absent from the whole series (no Na3PO4
@@ -828,8 +946,9 @@ def _fit_present(samples, n, ia, ib, n_rounds):
     def fitted(subset):
         if subset not in fits:
             ranks = sorted((*subset, ia, ib))
-            fit = _fit_classes(samples, len(ranks), ranks.index(ia), ranks.index(ib), n_rounds)
-            fits[subset] = None if fit is None else (ranks, fit, _stands_apart(ranks, fit, optional, ia, ib))
+            fit = _fit_classes(samples, noises, len(ranks), ranks.index(ia), ranks.index(ib), n_rounds)
+            sizes = [v.size for v in samples]
+            fits[subset] = None if fit is None else (ranks, fit, _stands_apart(ranks, fit, optional, ia, ib, sizes))
         return fits[subset]
 
     for need_valleys in (True, False):
@@ -855,14 +974,16 @@ _MAX_CONTRAST_RATIO = 1.6
 _VALLEY_TOLERANCE = 0.1
 
 
-def _stands_apart(ranks, fit, optional, ia, ib) -> tuple[bool, bool]:
+def _stands_apart(ranks, fit, optional, ia, ib, sizes) -> tuple[bool, bool]:
     """Whether a fit is plausible and every class stands apart from its neighbours, and whether every
     boundary lies on a valley of the pooled histogram.
 
     Plausible: the darker anchor is not near black when darker phases exist, and the frames' anchor
     contrasts agree within ``_MAX_CONTRAST_RATIO``. Apart: both anchors reach
     ``_MIN_ANCHOR_SEPARATION``; every other class holds ``_MIN_SHARE`` of the pixels, reaches
-    ``_MIN_SEPARATION`` and lies ``_MIN_GAP`` from its neighbours.
+    ``_MIN_SEPARATION`` and lies ``_MIN_GAP`` from its neighbours, and some frame (``sizes``: the
+    frames' pixel counts in the pooled sample) shows it and each neighbour as two classes of
+    ``_MIN_SHARE`` with a (faint) valley of its own histogram between their medians.
     """
     maps, thresholds, medians, pooled = fit
     ja, jb = ranks.index(ia), ranks.index(ib)
@@ -879,10 +1000,22 @@ def _stands_apart(ranks, fit, optional, ia, ib) -> tuple[bool, bool]:
     # one series, one set of phases: the frames' anchor contrasts agree within the gain changes of a
     # microscope session; a much larger spread means some frame's anchors sit on other phases
     plausible = plausible and float(np.ptp(np.log([m[1] for m in maps]))) <= np.log(_MAX_CONTRAST_RATIO)
+    # two neighbouring classes that no frame shows together, as two peaks with a valley between
+    # them, are one phase seen through frame maps that disagree (the pores of one frame a class of
+    # their own beside those of the other, plus a few stray pixels)
+    together = np.zeros(len(ranks) - 1, bool)
+    for u in np.split(pooled, np.cumsum(sizes)[:-1]):
+        share_f = np.bincount(np.digitize(u, thresholds), minlength=len(ranks)) / max(u.size, 1)
+        hist_f, centres_f = _histogram(u)
+        valleys_f = centres_f[_valley_candidates(hist_f, _FAINT_VALLEY)[0]]
+        between = (valleys_f[:, None] > medians[:-1]) & (valleys_f[:, None] < medians[1:])
+        together |= between.any(axis=0) & (share_f[:-1] >= _MIN_SHARE) & (share_f[1:] >= _MIN_SHARE)
     apart = (
         plausible
         and anchors_apart
         and all(share[j] >= _MIN_SHARE and sep[j] >= _MIN_SEPARATION and gap[j] >= _MIN_GAP for j in keep)
+        and all(together[j - 1] for j in keep if j > 0)
+        and all(together[j] for j in keep if j < len(ranks) - 1)
     )
     hist, centres = _histogram(pooled)
     valleys = centres[_valley_bins(hist, hist.size, 0.6 * _MIN_VALLEY)]
@@ -938,20 +1071,32 @@ def _ordered(medians: np.ndarray) -> bool:
     return bool(np.all(np.isfinite(medians)) and np.all(np.diff(medians) > 0))
 
 
-def _fit_series(samples, n, ia, ib, n_rounds, use_complete):
-    """Alternate shared thresholds (normalised units) and per-frame maps; see fit_phase_model."""
-    complete = [v for v in samples if _valleys(v, n).size == n - 1] if use_complete else []
-    complete = complete or samples
+#: Noise SD of the denoised grey levels per noise SD of the input (bilateral filter of 1.5 px; the
+#: grey-level SD of off-edge NaSICON, orientation contrast included, is 0.30-0.46 of the input noise).
+_DENOISED_NOISE = 0.33
+
+
+def _fit_series(samples, noises, n, ia, ib, n_rounds, use_complete):
+    """Alternate shared thresholds (normalised units) and per-frame maps; see fit_phase_model.
+
+    Two classes count only when their medians lie more than the frames' noise SD apart (``noises``,
+    image units): a dip inside one phase's peak is no class boundary.
+    """
+    complete = [i for i, v in enumerate(samples) if _valleys(v, n).size == n - 1] if use_complete else []
+    complete = complete or list(range(len(samples)))
     maps = []
-    for vals in complete:
-        med = _class_medians(vals, _find_thresholds(vals, n), n)
+    for i in complete:
+        vals = samples[i]
+        med = _class_medians(vals, _find_thresholds(vals, n, min_gap=_DENOISED_NOISE * noises[i]), n)
         if not med[ib] > med[ia]:
             raise SegmentationError("the anchor phases have the same brightness; cannot normalise the frame")
         maps.append((med[ia], med[ib] - med[ia]))
     for round_ in range(n_rounds):
-        used = complete if round_ == 0 else samples
-        pooled = np.concatenate([(v - a) / b for v, (a, b) in zip(used, maps, strict=True)])
-        thresholds = _find_thresholds(pooled, n)
+        used = complete if round_ == 0 else range(len(samples))
+        pooled = np.concatenate([(samples[i] - a) / b for i, (a, b) in zip(used, maps, strict=True)])
+        noise_u = _DENOISED_NOISE * float(np.median([noises[i] / b for i, (_, b) in zip(used, maps, strict=True)]))
+        sizes = [samples[i].size for i in used]
+        thresholds = _find_thresholds(pooled, n, min_gap=noise_u, sizes=sizes)
         medians = _class_medians(pooled, thresholds, n)
         if not medians[ib] > medians[ia]:
             raise SegmentationError("the anchor phases collapsed onto each other; check `brightness_order`")
@@ -963,7 +1108,9 @@ def _fit_series(samples, n, ia, ib, n_rounds, use_complete):
                 float(np.median([a + b * medians[ia] for a, b in maps])),
                 float(np.median([b for _, b in maps])) * span,
             )
-        maps = [_normalise_frame(v, thresholds, ia, ib, n, hint=hint) for v in samples]
+        # the fit compares its own two starts by the series likelihood (see _fit_classes); a second
+        # start from the hint here would pull every frame towards the complete frames' map
+        maps = [_normalise_frame(v, thresholds, ia, ib, n, hint=hint, from_hint=False) for v in samples]
     pooled = np.concatenate([(v - a) / b for v, (a, b) in zip(samples, maps, strict=True)])
     return maps, thresholds, _class_medians(pooled, thresholds, n), pooled
 

@@ -1166,6 +1166,31 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- imaging
 
 
+#: Detector bandwidth kernel along x (correlation weights at offsets -2..2): a short one-sided smear.
+_SMEAR = np.array([0.0, 0.0, 0.72, 0.2, 0.08], np.float32)
+
+
+def _coverage_majority(phase: np.ndarray, a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Phase map seen through the inverse affine map ``a``: each pixel takes the phase with the largest
+    bilinear weight at its sampling point, i.e. the phase that dominates the interpolated image there
+    (nearest-neighbour truth disagrees with the image on every warped boundary)."""
+    best = np.zeros(size[::-1], np.float32)
+    out = np.full(size[::-1], OUTSIDE, np.uint8)
+    for code in np.unique(phase):
+        weight = cv2.warpAffine(
+            (phase == code).astype(np.float32),
+            a,
+            size,
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0.0,
+        )
+        wins = weight > best
+        out[wins] = code
+        best[wins] = weight[wins]
+    return out
+
+
 def _image_frame(
     signal,
     phase,
@@ -1186,21 +1211,20 @@ def _image_frame(
     H, W = shape
     to_world = np.array([[1, 0, margin], [0, 1, margin], [0, 0, 1]], float) @ np.linalg.inv(m)
     a = to_world[:2].astype(np.float64)
+    # The detector smear below moves the image by its centroid along x; sampling the world that much
+    # earlier keeps image and truth in register (a sub-pixel shift of a whole image carries no
+    # information a segmentation could recover).
+    smear_shift = float(_SMEAR @ np.arange(-2, 3))
+    a_img = a.copy()
+    a_img[:, 2] -= a[:, 0] * smear_shift
     img = cv2.warpAffine(
-        signal, a, (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT
+        signal, a_img, (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT
     )
-    ph = cv2.warpAffine(
-        phase,
-        a,
-        (W, H),
-        flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=OUTSIDE,
-    )
+    ph = _coverage_majority(phase, a, (W, H))
     if blur_sigma_px > 0:
         img = cv2.GaussianBlur(img, (0, 0), blur_sigma_px)
     # Detector bandwidth: a short one-sided smear along the fast scan direction.
-    img = cv2.filter2D(img, -1, np.array([[0.0, 0.0, 0.72, 0.2, 0.08]], np.float32), borderType=cv2.BORDER_REFLECT)
+    img = cv2.filter2D(img, -1, _SMEAR[None, :], borderType=cv2.BORDER_REFLECT)
     if vignetting > 0:
         yy, xx = np.ogrid[0:H, 0:W]
         r2 = ((xx - W / 2) / (W / 2)) ** 2 + ((yy - H / 2) / (H / 2)) ** 2
