@@ -246,9 +246,8 @@ def label_islands(
     keep = area >= min_area_px
     lut = np.zeros(n - 1, np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    out = np.zeros(labels.shape, np.int32)
-    out[mask] = lut[island]
-    return out
+    labels[mask] = lut[island]  # in place: background is already 0
+    return labels
 
 
 # ---------------------------------------------------------------------------
