@@ -157,9 +157,7 @@ def phase_fractions(
         )
     n_region = int(np.count_nonzero(region))
     if n_region == 0:
-        raise SemtrackError(
-            "the phase map has no analysed pixels (all are 255 = outside); check the analysed region"
-        )
+        raise SemtrackError("the phase map has no analysed pixels (all are 255 = outside); check the analysed region")
 
     if tile_um is None:
         tile_px = _auto_tile_px(codes, region, k)
@@ -259,8 +257,10 @@ def _runs_per_code(codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     for code in range(k):
         is_code = codes == code
         runs[code] = (
-            np.count_nonzero(is_code[:, 0]) + np.count_nonzero(is_code[:, 1:] & new_in_row)
-            + np.count_nonzero(is_code[0, :]) + np.count_nonzero(is_code[1:, :] & new_in_col)
+            np.count_nonzero(is_code[:, 0])
+            + np.count_nonzero(is_code[:, 1:] & new_in_row)
+            + np.count_nonzero(is_code[0, :])
+            + np.count_nonzero(is_code[1:, :] & new_in_col)
         )
         pixels[code] = 2 * np.count_nonzero(is_code)  # once along its row, once along its column
     return runs, pixels
