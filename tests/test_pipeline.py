@@ -198,3 +198,22 @@ def test_user_marker_is_left_out_of_the_analysed_region(synth_series, synth_fold
     assert (result.phase_maps[0][y0:y1, x0:x1] == OUTSIDE).all()
     kept = run(synth_folder, config=config.updated({"registration": {"exclude_marker": False}}))
     assert kept.region[y0:y1, x0:x1].mean() > 0.9
+
+
+@pytest.mark.parametrize("budget_bytes", [0, 1 << 30])
+def test_kept_frames_give_the_series_images_within_their_budget(synth_folder, budget_bytes):
+    from semtrack.io import read_series
+    from semtrack.pipeline import _KeptFrames
+
+    series = read_series(synth_folder)
+    kept = _KeptFrames(series, budget_bytes)
+    for _ in range(2):  # the second pass reads what the first one kept
+        for i in range(len(series)):
+            image = kept.image(i)
+            assert image.dtype == np.float32
+            np.testing.assert_array_equal(image, series.image(i))
+            image[:] = 0  # a caller's changes must not reach the kept pixels
+    held = sum(pixels[0].nbytes for pixels in kept._kept.values())
+    assert held <= budget_bytes
+    assert len(kept._kept) == (len(series) if budget_bytes else 0)
+    assert len(kept) == len(series) and kept.frames == series.frames

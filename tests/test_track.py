@@ -60,6 +60,23 @@ def test_label_islands_counts_four_connected_components_and_ignores_outside():
     assert len(np.unique(labels[5:8, 5:8])) == 1
 
 
+def test_label_islands_numbers_islands_in_raster_order_of_their_first_pixel():
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(4)
+    phases = np.where(rng.random((120, 160)) < 0.45, 3, 2).astype(np.uint8)
+    labels = label_islands(phases, min_island_area_um2=3)
+    # scipy numbers 4-connected components in raster order of their first pixel.
+    reference, n = ndi.label(phases == 3)
+    area = np.bincount(reference.ravel(), minlength=n + 1)
+    kept = np.flatnonzero(area >= 3)
+    kept = kept[kept > 0]
+    lut = np.zeros(n + 1, np.int32)
+    lut[kept] = np.arange(1, kept.size + 1)
+    assert kept.size > 50
+    np.testing.assert_array_equal(labels, lut[reference])
+
+
 def test_label_islands_outside_and_valid_are_never_islands():
     phases = np.full((8, 8), 3, np.uint8)
     phases[:, 4] = OUTSIDE  # a wall of outside pixels splits the island phase in two

@@ -10,6 +10,7 @@ from semtrack.errors import OutputError
 from semtrack.write import (
     ensure_writable,
     png_bytes,
+    png_pixels,
     read_label_map,
     write_json,
     write_label_map,
@@ -101,3 +102,27 @@ def test_png_round_trips_through_opencv_and_pillow(tmp_path, shape):
 def test_png_rejects_what_it_cannot_store(image):
     with pytest.raises(ValueError, match="image"):
         png_bytes(image)
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (37, 53, 3), (1, 1), (1, 9, 3)])
+def test_png_pixels_reads_back_what_png_bytes_wrote(shape):
+    image = np.random.default_rng(2).integers(0, 256, shape).astype(np.uint8)
+    image[: shape[0] // 2] = 7
+    back = png_pixels(png_bytes(image))
+    assert back.dtype == np.uint8
+    np.testing.assert_array_equal(back, image)
+
+
+def test_png_pixels_declines_other_pngs():
+    import cv2
+
+    image = np.random.default_rng(3).integers(0, 256, (20, 30)).astype(np.uint8)
+    # OpenCV picks a filter per row (not only "up"); 16-bit and alpha PNGs have other layouts.
+    for encoded in (image, image.astype(np.uint16) * 257, np.dstack([image] * 4)):
+        ok, data = cv2.imencode(".png", encoded)
+        assert ok
+        back = png_pixels(data.tobytes())
+        assert back is None or np.array_equal(back, encoded)
+    data = png_bytes(image)
+    assert png_pixels(data[:-40]) is None  # truncated stream
+    assert png_pixels(b"GIF89a") is None

@@ -335,6 +335,30 @@ def read_image(path: str | Path) -> np.ndarray:
     array([[0. , 1. ],
            [0.2, 0.4]], dtype=float32)
     """
+    return unit_image(*read_pixels(path))
+
+
+def read_pixels(path: str | Path) -> tuple[np.ndarray, int, bool, Path]:
+    """The pixels of one frame as stored, for :func:`unit_image`; ``read_image`` is the two in turn.
+
+    Decoding is most of the cost of reading a frame; a caller that reads the same frame
+    again can keep these (8 or 16 bits per pixel: a quarter or half of the float image).
+
+    Returns
+    -------
+    data : ndarray
+        The decoded pixels, in the file's data type.
+    bits : int
+        Bits per sample the file declares.
+    miniswhite : bool
+        Whether 0 means white.
+    path : Path
+
+    Raises
+    ------
+    ReadError
+        As :func:`read_image`.
+    """
     path = Path(path)
     fmt = _check_file(path)
     if fmt == "tiff":
@@ -342,6 +366,11 @@ def read_image(path: str | Path) -> np.ndarray:
     else:
         data, bits = _read_pil_pixels(path)
         miniswhite = False
+    return data, bits, miniswhite, path
+
+
+def unit_image(data: np.ndarray, bits: int, miniswhite: bool, path: Path) -> np.ndarray:
+    """The float32 grey image in [0, 1] of pixels from :func:`read_pixels` (see :func:`read_image`)."""
     image = _to_unit_float(data, bits, path)
     if miniswhite:
         # Photometric "min is white": 0 means white; semtrack's images are always min-is-black.

@@ -3,7 +3,9 @@
 ``run`` reads, registers, segments, measures, tracks and (with ``out_dir``) writes
 the output contract and the report. Frames are streamed: only the reference
 frame, the frame at hand and the previous frame's island map are in memory, so
-long series of large frames fit in a few hundred MB.
+long series of large frames fit in a few hundred MB. The decoded pixels of the
+frames (8 or 16 bits, up to 512 MB in all) are kept for the three passes that
+read them (registration, model fit, frame analysis) so each is decoded once.
 
 With ``out_dir``, work already done by an interrupted run with the same inputs
 and parameters is reused from ``out_dir/.cache`` (keyed by input hashes,
@@ -34,7 +36,7 @@ from ._atomic import atomic_path
 from ._version import __version__
 from .config import PHASE_CODES, Config
 from .errors import SemtrackError
-from .io import read_series
+from .io import read_pixels, read_series, unit_image
 from .series import Series
 from .write import (
     ensure_writable,
@@ -324,6 +326,8 @@ def run(
     if pixel_size_um is None:
         warnings.append("uncalibrated: no pixel size in the metadata or options; lengths are in px")
 
+    # Registration, the model fit and the frame analysis each read every frame: decoded once.
+    frames = _KeptFrames(series) if type(series).image is Series.image else series
     inputs_key = [f.sha256 for f in series.frames] + [repr(series.times_h.tolist())]
     registration_key = [inputs_key, config.registration.model_dump(mode="json"), config.io.model_dump(mode="json")]
     registration = _cached(
@@ -331,7 +335,7 @@ def run(
         "registration",
         registration_key,
         lambda: register.register_series(
-            series,
+            frames,
             marker=config.registration.marker,
             model=config.registration.model,
             reference=config.registration.reference,
@@ -357,7 +361,7 @@ def run(
         cache,
         "phase_model",
         model_key,
-        lambda: fit_model(series, registration, region, config, lambda d, t: notify("model", d, t)),
+        lambda: fit_model(frames, registration, region, config, lambda d, t: notify("model", d, t)),
     )
 
     frame_key = [
@@ -368,8 +372,9 @@ def run(
         _digest(np.packbits(region).tobytes()),
     ]
     analyses = _analyse_frames(
-        series, registration, region, phase_model, config, cache, frame_key, out, frame_workers, notify
+        series, registration, region, phase_model, config, cache, frame_key, out, frame_workers, notify, frames
     )
+    del frames
 
     tracker = track.IslandTracker(
         pixel_size_um=pixel_size_um,
@@ -469,6 +474,40 @@ def _read(source, config: Config, notify: ProgressCallback) -> Series:
         t0=io_cfg.t0,
         progress=lambda d, t: notify("read", d, t),
     )
+
+
+#: Decoded frames kept for the later passes over a series (as stored: 8 or 16 bits per pixel).
+#: Beyond this the remaining frames are decoded again in every pass, so long series still stream.
+_KEPT_FRAMES_BYTES = 512 * 2**20
+
+
+class _KeptFrames:
+    """A :class:`Series` whose frames are decoded once and kept while they fit in ``budget_bytes``.
+
+    Decoding a 2048x1536 deflate TIFF costs ~10 ms of CPU, and registration, the model fit and
+    the frame analysis each read every frame. ``image(i)`` gives the same array as
+    ``Series.image(i)``; everything else is the series' own.
+    """
+
+    def __init__(self, series: Series, budget_bytes: int = _KEPT_FRAMES_BYTES):
+        self._series = series
+        self._kept: dict[int, tuple] = {}
+        self._room = budget_bytes
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._series, name)
+
+    def __len__(self) -> int:
+        return len(self._series)
+
+    def image(self, index: int) -> np.ndarray:
+        pixels = self._kept.get(index)
+        if pixels is None:
+            pixels = read_pixels(self._series.frames[index].path)
+            if pixels[0].nbytes <= self._room:
+                self._kept[index] = pixels
+                self._room -= pixels[0].nbytes
+        return unit_image(*pixels)
 
 
 def _registered_image(series: Series, registration, index: int) -> np.ndarray:
@@ -597,7 +636,9 @@ class _Analyses:
         return self._cache.get(self._table_keys[index])
 
 
-def _analyse_frames(series, registration, region, phase_model, config, cache, frame_key, out, workers, notify):
+def _analyse_frames(series, registration, region, phase_model, config, cache, frame_key, out, workers, notify, frames):
+    """Analyse the frames not in the cache; ``frames`` is ``series`` or its :class:`_KeptFrames`
+    (used in this process only: worker processes read the files themselves)."""
     keys = [
         _digest(json.dumps([frame_key, series.frames[i].sha256, registration.frames[i].matrix.round(6).tolist()]))
         for i in range(len(series))
@@ -623,7 +664,7 @@ def _analyse_frames(series, registration, region, phase_model, config, cache, fr
                 finish(i, futures[i].result())
     else:
         for i in todo:
-            finish(i, _frame_task(i, series, registration, region, phase_model, config))
+            finish(i, _frame_task(i, frames, registration, region, phase_model, config))
     if out is not None:
         for i in range(len(series)):
             if not (phase_map_path(out, i).exists() and preview_path(out, i).exists()):

@@ -232,19 +232,22 @@ def label_islands(
         num = ndi.gaussian_filter(mask.astype(np.float32), sigma_px, mode="constant")
         den = ndi.gaussian_filter(inside.astype(np.float32), sigma_px, mode="constant")
         mask = (num > 0.5 * den) & inside
-    labels, n = ndi.label(mask, structure=_CROSS)
-    if n == 0:
-        return labels.astype(np.int32, copy=False)
+    import cv2
+
+    # OpenCV labels 4-connected regions in half the time of scipy.ndimage.label; it does not document
+    # its numbering (raster order in every version tried), so the islands are renumbered below.
+    n, labels = cv2.connectedComponents(mask.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    if n == 1:
+        return labels
     # Islands are a few per cent of the frame: only their pixels are counted and renumbered.
-    island = labels[mask]
-    area = np.bincount(island, minlength=n + 1)
+    # factorize numbers the labels in order of first appearance along the raster.
+    island, _ = pd.factorize(labels[mask])
+    area = np.bincount(island, minlength=n - 1)
     keep = area >= min_area_px
-    keep[0] = False
-    lut = np.zeros(n + 1, np.int32)
+    lut = np.zeros(n - 1, np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    out = np.zeros(labels.shape, np.int32)
-    out[mask] = lut[island]
-    return out
+    labels[mask] = lut[island]  # in place: background is already 0
+    return labels
 
 
 # ---------------------------------------------------------------------------

