@@ -221,6 +221,18 @@ def _timed(call, repeats):
     return times, cpu
 
 
+def _speed_row(case, times, cpu, **extra):
+    """One row of the speed table: median and best wall time, median CPU time (seconds)."""
+    return dict(
+        kind="speed",
+        case=case,
+        seconds=float(np.median(times)),
+        seconds_min=float(np.min(times)),
+        cpu_seconds=float(np.median(cpu)),
+        **extra,
+    )
+
+
 def speed_rows(repeats):
     cv2.setNumThreads(1)
     series = make_series(shape=(1536 + 64, 2048), n_frames=1, seed=0, info_bar=True)
@@ -236,12 +248,10 @@ def speed_rows(repeats):
     peak_bytes = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     rows = [
-        dict(
-            kind="speed",
-            case=f"segment_frame {img.shape[1]}x{img.shape[0]}",
-            seconds=float(np.median(times)),
-            seconds_min=float(np.min(times)),
-            cpu_seconds=float(np.median(cpu)),
+        _speed_row(
+            f"segment_frame {img.shape[1]}x{img.shape[0]}",
+            times,
+            cpu,
             peak_mb=peak_bytes / 1e6,
             peak_float32_frames=peak_bytes / (4 * img.size),
         )
@@ -249,15 +259,7 @@ def speed_rows(repeats):
     scribbles = simulate_scribbles(series.phases[0], fraction=0.01, seed=0)
     clf = PixelClassifier(n_estimators=20).fit(img, scribbles, valid=valid)
     times, cpu = _timed(lambda: clf.predict(img, valid=valid), repeats)
-    rows.append(
-        dict(
-            kind="speed",
-            case=f"PixelClassifier.predict {img.shape[1]}x{img.shape[0]} (20 trees)",
-            seconds=float(np.median(times)),
-            seconds_min=float(np.min(times)),
-            cpu_seconds=float(np.median(cpu)),
-        )
-    )
+    rows.append(_speed_row(f"PixelClassifier.predict {img.shape[1]}x{img.shape[0]} (20 trees)", times, cpu))
     return rows
 
 

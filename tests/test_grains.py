@@ -430,6 +430,25 @@ def test_summary_rejects_foreign_table():
 # --------------------------------------------------------------------------- synthetic ground truth
 
 
+def _assert_grain_targets(phases, pixel_size_um, image, ecd_true):
+    """Issue-4 targets: grain count within 10 %, mean and median ECD within 5 % of the truth."""
+    labels, table = measure_grains(phases, pixel_size_um=pixel_size_um, image=image)
+    out = grain_summary(table, phases, pixel_size_um=pixel_size_um, labels=labels)
+    assert out["grain_count"] == pytest.approx(ecd_true.size, rel=0.10)
+    assert out["grain_ecd_mean_um"] == pytest.approx(ecd_true.mean(), rel=0.05)
+    assert out["grain_ecd_median_um"] == pytest.approx(np.median(ecd_true), rel=0.05)
+
+
+def _microstructure_region(s):
+    """The analysed region of a synthetic series' first frame without the marker (a detached piece drawn
+    across grains is not microstructure), and the true phase map outside it."""
+    region = s.analysed_region()
+    x0, y0, x1, y1 = s.marker_rect
+    guard = int(1.5 / s.pixel_size_um)
+    region[max(y0 - guard, 0) : y1 + guard, max(x0 - guard, 0) : x1 + guard] = False
+    return region, np.where(region, s.phases_ref[0], OUTSIDE).astype(np.uint8)
+
+
 @pytest.mark.parametrize(
     ("glass_fraction", "seed", "use_image"),
     # At 5 % glass most touching grains have no glass between them: shape alone under-splits
@@ -438,20 +457,10 @@ def test_summary_rejects_foreign_table():
 )
 def test_synthetic_truth(glass_fraction, seed, use_image):
     s = make_series(shape=(768, 1024), n_frames=1, glass_fraction=glass_fraction, seed=seed, n_islands=0)
-    region = s.analysed_region()
-    # The marker (a detached piece drawn across grains) is not microstructure.
-    x0, y0, x1, y1 = s.marker_rect
-    guard = int(1.5 / s.pixel_size_um)
-    region[max(y0 - guard, 0) : y1 + guard, max(x0 - guard, 0) : x1 + guard] = False
-    phases = np.where(region, s.phases_ref[0], OUTSIDE).astype(np.uint8)
+    region, phases = _microstructure_region(s)
     ecd_true = interior_grain_ecd_um(s.grain_labels_ref, region, s.pixel_size_um)
     image = s.images[0] if use_image else None
-    labels, table = measure_grains(phases, pixel_size_um=s.pixel_size_um, image=image)
-    out = grain_summary(table, phases, pixel_size_um=s.pixel_size_um, labels=labels)
-    # Issue-4 targets.
-    assert out["grain_count"] == pytest.approx(ecd_true.size, rel=0.10)
-    assert out["grain_ecd_mean_um"] == pytest.approx(ecd_true.mean(), rel=0.05)
-    assert out["grain_ecd_median_um"] == pytest.approx(np.median(ecd_true), rel=0.05)
+    _assert_grain_targets(phases, s.pixel_size_um, image, ecd_true)
 
 
 @pytest.mark.parametrize(
@@ -462,20 +471,12 @@ def test_synthetic_truth(glass_fraction, seed, use_image):
 def test_synthetic_islands_do_not_cut_grains(glass_fraction, seed, use_image):
     # Na3PO4 islands lie on the microstructure: the visible part of each grain is one grain.
     s = make_series(shape=(768, 1024), n_frames=1, glass_fraction=glass_fraction, seed=seed)
-    region = s.analysed_region()
-    x0, y0, x1, y1 = s.marker_rect
-    guard = int(1.5 / s.pixel_size_um)
-    region[max(y0 - guard, 0) : y1 + guard, max(x0 - guard, 0) : x1 + guard] = False
-    phases = np.where(region, s.phases_ref[0], OUTSIDE).astype(np.uint8)
+    region, phases = _microstructure_region(s)
     assert np.count_nonzero(phases == ISLAND) > 0.03 * phases.size
     visible = np.where(s.islands_ref[0] == 0, s.grain_labels_ref, 0)
     ecd_true = interior_grain_ecd_um(visible, region, s.pixel_size_um)
     image = s.images[0] if use_image else None
-    labels, table = measure_grains(phases, pixel_size_um=s.pixel_size_um, image=image)
-    out = grain_summary(table, phases, pixel_size_um=s.pixel_size_um, labels=labels)
-    assert out["grain_count"] == pytest.approx(ecd_true.size, rel=0.10)
-    assert out["grain_ecd_mean_um"] == pytest.approx(ecd_true.mean(), rel=0.05)
-    assert out["grain_ecd_median_um"] == pytest.approx(np.median(ecd_true), rel=0.05)
+    _assert_grain_targets(phases, s.pixel_size_um, image, ecd_true)
 
 
 def _bar_of_two(brightness_right):
