@@ -63,9 +63,13 @@ _MAX_COARSE = 6
 #: 1 + _SAME_BRIGHTNESS_DEPTH * (1 - c) times deeper than the shape rule allows:
 #: a false neck of a rough outline (or of glass channels meeting at a corner)
 #: lies inside one grain of one orientation contrast. Pieces smaller than
-#: _MIN_PIECE_CELLS coarse cells merge by shape alone when necks are kept, which
-#: happens where grains fill more than 1 - _KEEP_NECKS_BELOW of the non-island
-#: region; there islands also bound grains (no grain is inferred under them).
+#: _MIN_PIECE_CELLS coarse cells merge by shape alone (their brightness is that
+#: of a rim in the edge halo or of a sliver, not of a grain: at 35 % glass,
+#: judging pieces of any size kept halo rims apart, median ECD -0.5..-5.4 %,
+#: segmented, seeds 0-4; with 20 cells -0.2..-3.9 %, counts at 10-20 % glass
+#: 1-2 points lower, all within the targets). Necks are kept where grains fill
+#: more than 1 - _KEEP_NECKS_BELOW of the non-island region; there islands also
+#: bound grains (no grain is inferred under them).
 #: Tuned on bench_grains.py frames (glass 5-35 %, 3 seeds, segmented):
 #: 40 cells under-split 5 % glass (count -17 %), 10 cells over-split 10 % glass
 #: (median ECD -9 %, when 10 % glass still kept necks); bridging 1.0 or 2.0
@@ -90,6 +94,19 @@ _KEEP_NECKS_BELOW = 0.10
 #: -3..+2 %) while still splitting touching grains of clearly different brightness.
 _SCARCE_BELOW = 0.10
 _PLENTIFUL_STEP = 4.0
+#: Where glass is scarce, segmentation misses thin glass films between grains (a 1-2 px film blurred by
+#: the beam), but the image still shows them as dark lines: the black top-hat (square of
+#: _GROOVE_WIDTH_PX, on the image smoothed by _GROOVE_BLUR_PX) on coarse cells the phase map calls all
+#: grain. Two pieces stay apart when the mean of that groove signal along their common border exceeds
+#: the median inside pieces by _GROOVE_Z standard errors (robust spread of the edges inside pieces over
+#: sqrt(edges on the border)); cells holding any glass, pore or island pixel are left out, as the
+#: phase map already shows that boundary to the shape rule. Measured on bench_grains.py frames (5 %
+#: glass, segmented, seeds 0-4): count -15..-5 % -> -13..-4 % at 3 (z = 2 moves segmented maps further,
+#: -11..-2 %, but over-splits true maps: median ECD -6..-9 %); with cells next to a phase boundary
+#: included, a small pore or film end makes the whole border a "groove" (true maps: median -8..-10 %).
+_GROOVE_Z = 3.0
+_GROOVE_BLUR_PX = 1.0
+_GROOVE_WIDTH_PX = 5
 
 
 def astm_g_from_na(n_per_mm2: float) -> float:
@@ -231,11 +248,14 @@ def measure_grains(
     step: the false necks of a rough segmented outline lie inside one grain.
     With more glass, where the shape evidence is good and brightness is
     blurred by shading, only steps 4 times larger keep pieces apart, and
-    brightness bridges no neck. Where grains fill more than 90 %, pieces
-    under 20 coarse cells (slivers) merge by shape alone. Measured on
-    synthetic frames (see benchmarks/bench_grains.py), the image mainly helps
-    at 5 % glass, where it takes the count error from -12..-23 % to
-    -5..-15 %.
+    brightness bridges no neck. Pieces under 20 coarse cells (slivers, rims
+    in the edge halo) merge by shape alone. Where glass is scarce, the
+    segmentation misses thin glass films that the image still shows as dark
+    lines: two pieces whose common border runs along such a groove (the black
+    top-hat of the image, on cells the phase map calls all grain, 3 standard
+    errors above its level inside pieces) stay apart. Measured on synthetic
+    frames (see benchmarks/bench_grains.py), the image mainly helps at 5 %
+    glass, where it takes the count error from -13..-23 % to -4..-13 %.
 
     The watershed runs on a grid coarsened so that a mean chord of the grain
     phase spans about 10 cells (it costs ~1 µs per cell); the full-resolution
@@ -396,13 +416,19 @@ def _split_grains(
             total,
             cells,
             spread * (1.0 if scarce else _PLENTIFUL_STEP),
-            max(_MIN_PIECE_CELLS * keep_necks, 1),  # intersecting leaves slivers of unreliable brightness
+            _MIN_PIECE_CELLS,  # intersecting leaves slivers of unreliable brightness (rims in the halo)
             _SAME_BRIGHTNESS_DEPTH * scarce,
         )
     peak = _label_maximum(dist_c, basins, n_seeds)
     area = np.bincount(basins.ravel(), minlength=n_seeds).astype(float) * factor**2
     a, b, saddle = _saddles(basins, dist_c)
-    root = _merge_basins(n_seeds, a, b, saddle, peak, area, min_area_px, brightness)
+    # Thin glass films the phase map missed, seen as dark lines in the image along the borders of pieces.
+    groove = None
+    if image is not None and scarce:
+        # Thin glass films the phase map missed still show in the image as dark lines (grooves).
+        grooves = _groove_cells(image, factor, basins.shape)
+        groove = _border_grooves(grooves, basins, _whole_cells(mask, factor), a, b)
+    root = _merge_basins(n_seeds, a, b, saddle, peak, area, min_area_px, brightness, groove)
     coarse = root.astype(np.int32)[basins]
     if factor == 1:
         coarse *= grain
@@ -594,7 +620,69 @@ def _saddles(labels: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return key >> 32, key & 0xFFFFFFFF, value
 
 
-def _urgencies(i, j, s, peak, area, min_area_px, brightness, inv_step):
+def _groove_cells(image: np.ndarray, factor: int, shape_c: tuple[int, int]) -> np.ndarray:
+    """Dark thin lines of the image on the coarse grid: block means of the black top-hat.
+
+    The top-hat (square of _GROOVE_WIDTH_PX) of the image smoothed by _GROOVE_BLUR_PX: how much
+    darker a pixel is than the closing of its surroundings. On uint8 images in uint8 (cheap).
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = np.nan_to_num(image.astype(np.float32))
+    smooth = cv2.GaussianBlur(image, (0, 0), _GROOVE_BLUR_PX)
+    hat = cv2.morphologyEx(smooth, cv2.MORPH_BLACKHAT, np.ones((_GROOVE_WIDTH_PX, _GROOVE_WIDTH_PX), np.uint8))
+    return _coarse_image(hat, factor)[: shape_c[0], : shape_c[1]]
+
+
+def _whole_cells(mask: np.ndarray, factor: int) -> np.ndarray:
+    """Coarse cells whose pixels are all 1 in `mask` (uint8 0/1)."""
+    if factor == 1:
+        return mask.view(bool)
+    rows, cols = mask.shape
+    pad_r, pad_c = -rows % factor, -cols % factor
+    padded = cv2.copyMakeBorder(mask, 0, pad_r, 0, pad_c, cv2.BORDER_CONSTANT, value=0) * np.uint8(255)
+    return cv2.resize(padded, ((cols + pad_c) // factor, (rows + pad_r) // factor), interpolation=cv2.INTER_AREA) == 255
+
+
+def _border_grooves(
+    hat: np.ndarray, basins: np.ndarray, whole: np.ndarray, a: np.ndarray, b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Dark-line (groove) evidence along the border of each touching basin pair.
+
+    `hat` is `_groove_cells` output; `a`, `b` are the pairs as `_saddles` returns them (a < b,
+    sorted). Each edge between 4-neighbour coarse cells of two basins, both wholly grain (`whole`),
+    scores the larger top-hat of its two cells (a film lies in one of them). Returns per pair the sum
+    of (score - median score of edges inside basins) and the number of edges, and 1 / (robust spread
+    of the edges inside basins * _GROOVE_Z): a pair's groove is significant where
+    ``sum * that / sqrt(edges) >= 1``.
+    """
+    n = int(basins.max()) + 1
+    keys, values, inside = [], [], []
+    for la, lb, ha, hb, wa, wb in (
+        (basins[:, :-1], basins[:, 1:], hat[:, :-1], hat[:, 1:], whole[:, :-1], whole[:, 1:]),
+        (basins[:-1, :], basins[1:, :], hat[:-1, :], hat[1:, :], whole[:-1, :], whole[1:, :]),
+    ):
+        both = wa & wb
+        score = np.maximum(ha, hb)
+        edge = both & (la != lb) & (la > 0) & (lb > 0)  # as in _saddles
+        x, y = la[edge].astype(np.int64), lb[edge].astype(np.int64)
+        keys.append(np.minimum(x, y) * n + np.maximum(x, y))
+        values.append(score[edge])
+        inside.append(score[both & (la == lb) & (la > 0)])
+    key, value, inside = np.concatenate(keys), np.concatenate(values).astype(float), np.concatenate(inside)
+    pair = a.astype(np.int64) * n + b
+    if inside.size == 0 or pair.size == 0:
+        return np.zeros(pair.size), np.zeros(pair.size), 0.0
+    level = float(np.median(inside))
+    spread = float(np.median(np.abs(inside - level))) * 1.4826
+    # Every border edge belongs to a touching pair (the same cells make the saddles).
+    index = np.searchsorted(pair, key)
+    total = np.bincount(index, weights=value - level, minlength=pair.size)
+    count = np.bincount(index, minlength=pair.size).astype(float)
+    return total, count, 1.0 / (max(spread, 1e-6) * _GROOVE_Z)
+
+
+def _urgencies(i, j, s, peak, area, min_area_px, brightness, inv_step, groove=None):
     """`urgency` of `_merge_basins` for arrays of pairs (the same float operations, so the same values)."""
     pi, pj = peak[i], peak[j]
     low = np.where(pi < pj, pi, pj)
@@ -610,11 +698,16 @@ def _urgencies(i, j, s, peak, area, min_area_px, brightness, inv_step):
             contrast = np.abs(total[i] / ci - total[j] / cj) * inv_step
         bridged = np.minimum(threshold * (1.0 + bridge * (1.0 - contrast)) - depth, 1.0 - contrast)
         u = np.where(judged, np.where(contrast >= 1.0, 1.0 - contrast, bridged), u)
+        if groove is not None:
+            gsum, gcnt, ginv = groove
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratio = np.where(gcnt > 0, gsum * ginv / np.sqrt(gcnt), 0.0)
+            u = np.where(judged & (ratio >= 1.0), 1.0 - ratio, u)
     small = (area[i] < min_area_px) | (area[j] < min_area_px)
     return np.where(small, 1.0 + s / np.where(low > 1e-9, low, 1e-9), u)
 
 
-def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None) -> np.ndarray:
+def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None, groove=None) -> np.ndarray:
     """Union basins whose dip is too shallow to be a grain boundary, shallowest first.
 
     With `brightness` (per-basin brightness sums and cell counts, the spread
@@ -628,7 +721,7 @@ def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None) -> 
     if brightness is not None:
         total, cells, spread, min_cells, bridge = brightness
         inv_step = 1.0 / (_BRIGHTNESS_STEP * spread)
-    first = _urgencies(a, b, saddle, peak, area, min_area_px, brightness, inv_step)
+    first = _urgencies(a, b, saddle, peak, area, min_area_px, brightness, inv_step, groove)
     # Plain Python lists and floats: this loop runs ~10^4 times per frame, numpy scalars are slow here.
     # Per basin: its peak, area, whether it is small (merges by shape alone), and with brightness its
     # sums, whether it is large enough to judge by brightness, and its mean (kept current on merges).
@@ -648,6 +741,14 @@ def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None) -> 
     for i, j, s in zip(a.tolist(), b.tolist(), saddle.tolist(), strict=True):
         neighbours[i][j] = s
         neighbours[j][i] = s
+    borders: list[dict[int, tuple[float, float]] | None] | None = None
+    ginv = 0.0
+    if groove is not None and brightness is not None:
+        gsum, gcnt, ginv = groove
+        borders = [{} for _ in range(n)]
+        for i, j, gs, gc in zip(a.tolist(), b.tolist(), gsum.tolist(), gcnt.tolist(), strict=True):
+            borders[i][j] = (gs, gc)
+            borders[j][i] = (gs, gc)
 
     def urgency(i, j, s):
         # > 0: merge. Depth of the dip below the lower peak against the split threshold.
@@ -661,6 +762,12 @@ def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None) -> 
             threshold = _SPLIT_MIN_DEPTH_PX
         if not (judged[i] and judged[j]):
             return threshold - (low - s)
+        if borders is not None:
+            gs, gc = borders[i][j]
+            if gc > 0:
+                ratio = gs * ginv / math.sqrt(gc)
+                if ratio >= 1.0:
+                    return 1.0 - ratio
         contrast = abs(mean[i] - mean[j]) * inv_step
         if contrast >= 1.0:
             return 1.0 - contrast
@@ -712,6 +819,18 @@ def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None) -> 
                 near_i[k] = s
                 near_k[i] = s
         neighbours[j] = None
+        if borders is not None:
+            # The merged basin's border with k is the union of both borders: groove sums add.
+            border_i, border_j = borders[i], borders[j]
+            del border_i[j]
+            for k, (gs, gc) in border_j.items():
+                if k == i:
+                    continue
+                border_k = borders[k]
+                del border_k[j]
+                hs, hc = border_i.get(k, (0.0, 0.0))
+                border_i[k] = border_k[i] = (hs + gs, hc + gc)
+            borders[j] = None
         for k, s in near_i.items():
             u = urgency(i, k, s)
             if u > 0:
