@@ -737,21 +737,21 @@ def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None, gro
     else:
         judged = [False] * n
         bridge = 0.0
-    neighbours: list[dict[int, float] | None] = [{} for _ in range(n)]
-    for i, j, s in zip(a.tolist(), b.tolist(), saddle.tolist(), strict=True):
-        neighbours[i][j] = s
-        neighbours[j][i] = s
-    borders: list[dict[int, tuple[float, float]] | None] | None = None
+    # Per touching pair: the saddle (highest distance along the border) and, with `groove`, the border's
+    # groove sum and edge count (both add up when basins merge).
+    neighbours: list[dict[int, tuple[float, float, float]] | None] = [{} for _ in range(n)]
     ginv = 0.0
     if groove is not None and brightness is not None:
         gsum, gcnt, ginv = groove
-        borders = [{} for _ in range(n)]
-        for i, j, gs, gc in zip(a.tolist(), b.tolist(), gsum.tolist(), gcnt.tolist(), strict=True):
-            borders[i][j] = (gs, gc)
-            borders[j][i] = (gs, gc)
+        gsum, gcnt = gsum.tolist(), gcnt.tolist()
+    else:
+        gsum = gcnt = [0.0] * a.size
+    for i, j, s, gs, gc in zip(a.tolist(), b.tolist(), saddle.tolist(), gsum, gcnt, strict=True):
+        neighbours[i][j] = neighbours[j][i] = (s, gs, gc)
 
-    def urgency(i, j, s):
+    def urgency(i, j, border):
         # > 0: merge. Depth of the dip below the lower peak against the split threshold.
+        s, gs, gc = border
         pi = peak[i]
         pj = peak[j]
         low = pi if pi < pj else pj
@@ -762,12 +762,10 @@ def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None, gro
             threshold = _SPLIT_MIN_DEPTH_PX
         if not (judged[i] and judged[j]):
             return threshold - (low - s)
-        if borders is not None:
-            gs, gc = borders[i][j]
-            if gc > 0:
-                ratio = gs * ginv / math.sqrt(gc)
-                if ratio >= 1.0:
-                    return 1.0 - ratio
+        if gc > 0:
+            ratio = gs * ginv / math.sqrt(gc)
+            if ratio >= 1.0:
+                return 1.0 - ratio
         contrast = abs(mean[i] - mean[j]) * inv_step
         if contrast >= 1.0:
             return 1.0 - contrast
@@ -785,10 +783,10 @@ def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None, gro
         if parent[i] != i or parent[j] != j:
             continue
         near_i = neighbours[i]
-        s = near_i.get(j)
-        if s is None:
+        border = near_i.get(j)
+        if border is None:
             continue
-        current = urgency(i, j, s)
+        current = urgency(i, j, border)
         if current != -neg:
             if current > 0:
                 push(heap, (-current, i, j))
@@ -810,29 +808,21 @@ def _merge_basins(n, a, b, saddle, peak, area, min_area_px, brightness=None, gro
             if judged[i]:
                 mean[i] = total[i] / cells[i]
         del near_i[j]
-        for k, s in near_j.items():
+        for k, border in near_j.items():
             if k == i:
                 continue
             near_k = neighbours[k]
             del near_k[j]
-            if near_i.get(k, -math.inf) < s:
-                near_i[k] = s
-                near_k[i] = s
+            other = near_i.get(k)
+            if other is not None:
+                # The merged basin's border with k is the union of both: the higher saddle, groove sums add.
+                s, gs, gc = border
+                t, hs, hc = other
+                border = (s if s > t else t, gs + hs, gc + hc)
+            near_i[k] = near_k[i] = border
         neighbours[j] = None
-        if borders is not None:
-            # The merged basin's border with k is the union of both borders: groove sums add.
-            border_i, border_j = borders[i], borders[j]
-            del border_i[j]
-            for k, (gs, gc) in border_j.items():
-                if k == i:
-                    continue
-                border_k = borders[k]
-                del border_k[j]
-                hs, hc = border_i.get(k, (0.0, 0.0))
-                border_i[k] = border_k[i] = (hs + gs, hc + gc)
-            borders[j] = None
-        for k, s in near_i.items():
-            u = urgency(i, k, s)
+        for k, border in near_i.items():
+            u = urgency(i, k, border)
             if u > 0:
                 push(heap, (-u, i, k))
     root = np.array(parent)
