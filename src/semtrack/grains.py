@@ -63,11 +63,13 @@ _MAX_COARSE = 6
 #: 1 + _SAME_BRIGHTNESS_DEPTH * (1 - c) times deeper than the shape rule allows:
 #: a false neck of a rough outline (or of glass channels meeting at a corner)
 #: lies inside one grain of one orientation contrast. Pieces smaller than
-#: _MIN_PIECE_CELLS coarse cells merge by shape alone (their brightness is that
-#: of a rim in the edge halo or of a sliver, not of a grain: at 35 % glass,
-#: judging pieces of any size kept halo rims apart, median ECD -0.5..-5.4 %,
-#: segmented, seeds 0-4; with 20 cells -0.2..-3.9 %, counts at 10-20 % glass
-#: 1-2 points lower, all within the targets). Necks are kept where grains fill
+#: _MIN_PIECE_CELLS coarse cells merge by shape alone, in every frame: such a
+#: piece is often a cell shared with a pore, island or glass, whose brightness
+#: is not the grain's. At 35 % glass, judging pieces of any size kept them
+#: apart (median ECD -0.5..-5.4 %, segmented, seeds 0-4); with 20 cells
+#: -0.2..-3.9 % (judging only cells wholly inside the grain phase does the
+#: same), while counts at 10-20 % glass drop by 1-2 points, all within the
+#: targets. Necks are kept where grains fill
 #: more than 1 - _KEEP_NECKS_BELOW of the non-island region; there islands also
 #: bound grains (no grain is inferred under them).
 #: Tuned on bench_grains.py frames (glass 5-35 %, 3 seeds, segmented):
@@ -97,13 +99,15 @@ _PLENTIFUL_STEP = 4.0
 #: Where glass is scarce, segmentation misses thin glass films between grains (a 1-2 px film blurred by
 #: the beam), but the image still shows them as dark lines: the black top-hat (square of
 #: _GROOVE_WIDTH_PX, on the image smoothed by _GROOVE_BLUR_PX) on coarse cells the phase map calls all
-#: grain. Two pieces stay apart when the mean of that groove signal along their common border exceeds
-#: the median inside pieces by _GROOVE_Z standard errors (robust spread of the edges inside pieces over
-#: sqrt(edges on the border)); cells holding any glass, pore or island pixel are left out, as the
-#: phase map already shows that boundary to the shape rule. Measured on bench_grains.py frames (5 %
-#: glass, segmented, seeds 0-4): count -15..-5 % -> -13..-4 % at 3 (z = 2 moves segmented maps further,
-#: -11..-2 %, but over-splits true maps: median ECD -6..-9 %); with cells next to a phase boundary
-#: included, a small pore or film end makes the whole border a "groove" (true maps: median -8..-10 %).
+#: grain. Two pieces (both of _MIN_PIECE_CELLS or more) stay apart when the mean of that groove
+#: signal along their common border exceeds the median inside pieces by _GROOVE_Z standard errors
+#: (robust spread of the edges inside pieces over sqrt(edges on the border)); cells holding any
+#: glass, pore or island pixel are left out, as the phase map already shows that boundary to the
+#: shape rule. Measured on bench_grains.py frames (5 %
+#: glass, segmented, seeds 0-4): count -15.1..-4.9 % -> -13.4..-3.5 % at 3, true maps unchanged
+#: (z = 2: segmented -11..-2 %, but true maps over-split, median ECD down to -8.6 %, 3 of 5 beyond
+#: -5 %); with cells that hold some other phase included, a small pore or film end makes a whole
+#: border a "groove" (true maps: median ECD -7.5..-10.4 % on 3 of 5).
 _GROOVE_Z = 3.0
 _GROOVE_BLUR_PX = 1.0
 _GROOVE_WIDTH_PX = 5
@@ -248,14 +252,15 @@ def measure_grains(
     step: the false necks of a rough segmented outline lie inside one grain.
     With more glass, where the shape evidence is good and brightness is
     blurred by shading, only steps 4 times larger keep pieces apart, and
-    brightness bridges no neck. Pieces under 20 coarse cells (slivers, rims
-    in the edge halo) merge by shape alone. Where glass is scarce, the
-    segmentation misses thin glass films that the image still shows as dark
-    lines: two pieces whose common border runs along such a groove (the black
-    top-hat of the image, on cells the phase map calls all grain, 3 standard
-    errors above its level inside pieces) stay apart. Measured on synthetic
+    brightness bridges no neck. Pieces under 20 coarse cells (slivers, cells
+    shared with pores or islands) merge by shape alone. Where glass is
+    scarce, the segmentation misses thin glass films that the image still
+    shows as dark lines: two larger pieces whose common border runs along
+    such a groove (the black top-hat of the image, on cells the phase map
+    calls all grain, 3 standard errors above its level inside pieces) stay
+    apart. Measured on synthetic
     frames (see benchmarks/bench_grains.py), the image mainly helps at 5 %
-    glass, where it takes the count error from -13..-23 % to -4..-13 %.
+    glass, where it takes the count error from -13..-23 % to -3..-14 %.
 
     The watershed runs on a grid coarsened so that a mean chord of the grain
     phase spans about 10 cells (it costs ~1 µs per cell); the full-resolution
@@ -416,7 +421,7 @@ def _split_grains(
             total,
             cells,
             spread * (1.0 if scarce else _PLENTIFUL_STEP),
-            _MIN_PIECE_CELLS,  # intersecting leaves slivers of unreliable brightness (rims in the halo)
+            _MIN_PIECE_CELLS,  # slivers and cells shared with other phases: unreliable brightness
             _SAME_BRIGHTNESS_DEPTH * scarce,
         )
     peak = _label_maximum(dist_c, basins, n_seeds)
