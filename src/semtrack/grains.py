@@ -427,7 +427,6 @@ def _split_grains(
     peak = _label_maximum(dist_c, basins, n_seeds)
     area = np.bincount(basins.ravel(), minlength=n_seeds).astype(float) * factor**2
     a, b, saddle = _saddles(basins, dist_c)
-    # Thin glass films the phase map missed, seen as dark lines in the image along the borders of pieces.
     groove = None
     if image is not None and scarce:
         # Thin glass films the phase map missed still show in the image as dark lines (grooves).
