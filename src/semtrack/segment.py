@@ -1143,6 +1143,7 @@ def segment_frame(
     film_width_px: float = 2.0,
     min_object_area_um2: float = 0.05,
     min_object_area_px: int = 4,
+    se_relief: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Segment one frame into phases with the unsupervised model.
 
@@ -1197,6 +1198,15 @@ def segment_frame(
         Connected regions of one phase smaller than this are merged into their surroundings.
     min_object_area_px : int
         The same in pixels, used when ``pixel_size_um`` is None.
+    se_relief : bool
+        Secondary-electron relief mode, for etched surfaces imaged with SE (not BSE) contrast, where
+        the darkest phase is recessed and relief shading (one side of each object dark, the other
+        light) spreads the grey levels of the phases over each other. The darkest phase is then told
+        from the others by enclosure instead of by grey level: a pixel whose rays (8 directions) first
+        cross a rising intensity edge is inside a darker object, one whose rays first cross a falling
+        edge is outside (see :func:`_relief_labels`). Such pixels seed the watershed; the frame's
+        intensity classes only name the brighter phases. ``seed_fraction``, ``boundary_band_px``
+        and the blob options are not used. Off by default (BSE images need none of it).
 
     Returns
     -------
@@ -1262,12 +1272,15 @@ def segment_frame(
     for t in thresholds_img:
         ranks += prep.smooth >= np.float32(t)  # = np.digitize(u, thresholds)
 
-    seeds = _seeds(prep, ranks, n, seed_fraction, blob_sigma_px, blob_contrast, thresholds_img, int(boundary_band_px))
-    # tiles are exact only while every unseeded stretch is narrower than their margin: with no
-    # band (boundary_band_px=0) whole regions may be unseeded, so flood the frame in one piece
-    tile_px = 512 if boundary_band_px > 0 else max(prep.smooth.shape)
-    labels = _flood(prep.smooth, prep.mask, seeds, gradient_sigma_px, tile_px=tile_px)
-    del seeds
+    if se_relief:
+        labels = _relief_labels(prep, ranks)
+    else:
+        seeds = _seeds(prep, ranks, n, seed_fraction, blob_sigma_px, blob_contrast, thresholds_img, int(boundary_band_px))
+        # tiles are exact only while every unseeded stretch is narrower than their margin: with no
+        # band (boundary_band_px=0) whole regions may be unseeded, so flood the frame in one piece
+        tile_px = 512 if boundary_band_px > 0 else max(prep.smooth.shape)
+        labels = _flood(prep.smooth, prep.mask, seeds, gradient_sigma_px, tile_px=tile_px)
+        del seeds
     labels = _assign_lines(labels, prep.smooth, a + b * np.asarray(model.medians), prep.mask)
     # parts of the region that no seed reaches keep their pixel-wise class
     unreached = labels == 0
@@ -1576,6 +1589,112 @@ def _remove_specks(labels: np.ndarray, mask: np.ndarray, min_px: int) -> np.ndar
     done = value > 0
     labels.reshape(-1)[flat[done]] = value[done] - 1
     return labels
+
+
+#: SE relief mode: gradient magnitudes above this quantile start an intensity edge, which continues
+#: through those above the lower one (hysteresis, as in Canny's detector)
+_RELIEF_EDGE_QUANTILES = (0.7, 0.9)
+#: Extra smoothing (px) of the denoised frame before its edges are found: relief texture and noise
+#: inside the objects must not break the rays' view of the enclosing edge
+_RELIEF_EDGE_SIGMA_PX = 2.0
+#: An edge pixel counts for a ray only where the ray crosses it at least this steeply (cosine between
+#: the ray and the gradient): along an edge the sign of the step is noise
+_RELIEF_MIN_COS = 0.3
+#: Share of the rays that must agree (rising first: inside; falling first: outside) for a pixel to seed
+_RELIEF_AGREEMENT = 0.8
+#: Fewest rays that must meet an edge at all for a pixel to seed
+_RELIEF_MIN_RAYS = 4
+
+
+def _first_steps(step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Value of the first nonzero of ``step`` (int8) met from each pixel going down axis 0 (forward,
+    the pixel included) and going up (backward); 0 where there is none."""
+    h = step.shape[0]
+    pos = np.arange(h, dtype=np.int32)[:, None]
+    nonzero = step != 0
+    # row h of the padded array is the "none" answer
+    padded = np.concatenate([step, np.zeros((1, step.shape[1]), step.dtype)])
+    forward = np.minimum.accumulate(np.where(nonzero, pos, h)[::-1], axis=0)[::-1]
+    backward = np.maximum.accumulate(np.where(nonzero, pos, -1), axis=0)
+    backward[backward < 0] = h
+    return np.take_along_axis(padded, forward, 0), np.take_along_axis(padded, backward, 0)
+
+
+def _enclosure_votes(smooth: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel, how many of the 8 rays (axes and diagonals) first cross an intensity edge that
+    rises along the ray, and how many one that falls (uint8 counts)."""
+    g = cv2.GaussianBlur(smooth, (0, 0), _RELIEF_EDGE_SIGMA_PX, borderType=cv2.BORDER_REFLECT)
+    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT)
+    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT)
+    del g
+    magnitude = cv2.magnitude(gx, gy)
+    lo, hi = np.quantile(magnitude.reshape(-1)[_sample_index(mask)], _RELIEF_EDGE_QUANTILES)
+    # Canny on the given derivatives (16-bit, the strong edges at 1000)
+    scale = np.float32(1000.0 / max(hi, 1e-12))
+    edges = cv2.Canny(
+        np.round(gx * scale).astype(np.int16), np.round(gy * scale).astype(np.int16), lo * scale, hi * scale, L2gradient=True
+    )
+    edges = edges.view(bool) & mask if edges.dtype == bool else (edges > 0) & mask
+    h, w = smooth.shape
+    rows, cols = np.nonzero(np.ones((h, w), bool))
+    up = np.zeros((h, w), np.uint8)
+    down = np.zeros((h, w), np.uint8)
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        along = (gx * np.float32(dx) + gy * np.float32(dy)) * np.float32(1 / np.hypot(dx, dy))
+        crossed = edges & (np.abs(along) > np.float32(_RELIEF_MIN_COS) * magnitude)
+        step = np.zeros((h, w), np.int8)
+        step[crossed & (along > 0)] = 1
+        step[crossed & (along < 0)] = -1
+        if dy == 0:
+            forward, backward = (a.T for a in _first_steps(np.ascontiguousarray(step.T)))
+        elif dx == 0:
+            forward, backward = _first_steps(step)
+        else:
+            # shear so that each diagonal is a column; walking the ray = walking down the column
+            col = cols - rows + (h - 1) if dx > 0 else cols + rows
+            sheared = np.zeros((h, w + h - 1), np.int8)
+            sheared[rows, col] = step.reshape(-1)
+            forward, backward = (a[rows, col].reshape(h, w) for a in _first_steps(sheared))
+        # a step met going forward rises by its sign; going backward, by the opposite sign
+        up += forward > 0
+        up += backward < 0
+        down += forward < 0
+        down += backward > 0
+    return up, down
+
+
+def _relief_labels(prep: _Prepared, ranks: np.ndarray) -> np.ndarray:
+    """Labels (uint8, rank + 1; 0 where no seed reaches) for ``segment_frame(se_relief=True)``: pixels
+    enclosed by rising edges seed the darkest class, pixels outside them their intensity class among
+    the others, and a watershed on the gradient magnitude settles the pixels in between.
+
+    With secondary electrons an etched, recessed phase shows a dark rim on the side facing away from
+    the detector and a light one on the other, so its grey levels overlap the surrounding phase's (on
+    the real Super image lshr_15kx_3kv_0 the best single threshold reaches 0.65 island IoU). The step
+    across its boundary keeps its sign all round, though: seen from inside, every ray leaving the
+    object first crosses an edge where the intensity rises; seen from the surroundings, rays first
+    cross an edge where it falls (into a darker object). Pixels on whose rays most agree seed.
+    """
+    up, down = _enclosure_votes(prep.smooth, prep.mask)
+    total = up.astype(np.float32) + down
+    decided = total >= _RELIEF_MIN_RAYS
+    share = up / np.maximum(total, 1)
+    del up, down
+    seeds = np.zeros(ranks.shape, np.int32)
+    outside = decided & (share <= 1 - _RELIEF_AGREEMENT)
+    seeds[outside] = np.maximum(ranks[outside], 1) + 1
+    seeds[decided & (share >= _RELIEF_AGREEMENT)] = 1
+    seeds[~prep.mask] = 0
+    del decided, share, outside
+    # Flood only the unseeded pixels and the seeds next to them (the same result as over the whole
+    # frame). A watershed on the gradient rather than OpenCV's grey-level flood: its boundaries sit on
+    # the steepest edge, which the relief shading leaves in place (island IoU +0.02-0.03 on all seven
+    # Super images).
+    unseeded = (prep.mask & (seeds == 0)).view(np.uint8)
+    region = prep.mask & cv2.dilate(unseeded, np.ones((3, 3), np.uint8)).view(bool)
+    flooded = watershed(_gradient(prep.smooth, 1.0), np.where(region, seeds, 0), mask=region)
+    np.copyto(seeds, flooded, where=region)
+    return seeds.astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------------
