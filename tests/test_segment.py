@@ -690,10 +690,16 @@ def test_first_steps_finds_the_first_edge_each_way():
     from semtrack.segment import _first_steps
 
     step = np.array([0, 0, 1, 0, 0, -1, 0], np.int8)[:, None]
-    forward, backward = _first_steps(step)
+    forward, backward = _first_steps(step, 0)
     # going down the column: the +1 at row 2 first, then the -1 at row 5, then nothing
     np.testing.assert_array_equal(forward[:, 0], [1, 1, 1, -1, -1, -1, 0])
     np.testing.assert_array_equal(backward[:, 0], [0, 0, 1, 1, 1, -1, -1])
+    # diagonal rays (one row down and one column right per step, and back)
+    step = np.zeros((4, 4), np.int8)
+    step[2, 2] = -1
+    forward, backward = _first_steps(step, 1)
+    assert forward[0, 0] == forward[1, 1] == -1 and forward[0, 1] == 0 and forward[3, 3] == 0
+    assert backward[3, 3] == -1 and backward[1, 1] == 0 and backward[3, 2] == 0
 
 
 def test_enclosure_votes_inside_and_outside_a_dark_square():

@@ -1608,18 +1608,27 @@ _RELIEF_AGREEMENT = 0.8
 _RELIEF_MIN_RAYS = 4
 
 
-def _first_steps(step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Value of the first nonzero of ``step`` (int8) met from each pixel going down axis 0 (forward,
-    the pixel included) and going up (backward); 0 where there is none."""
-    h = step.shape[0]
-    pos = np.arange(h, dtype=np.int32)[:, None]
-    nonzero = step != 0
-    # row h of the padded array is the "none" answer
-    padded = np.concatenate([step, np.zeros((1, step.shape[1]), step.dtype)])
-    forward = np.minimum.accumulate(np.where(nonzero, pos, h)[::-1], axis=0)[::-1]
-    backward = np.maximum.accumulate(np.where(nonzero, pos, -1), axis=0)
-    backward[backward < 0] = h
-    return np.take_along_axis(padded, forward, 0), np.take_along_axis(padded, backward, 0)
+def _first_steps(step: np.ndarray, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """Value of the first nonzero of ``step`` (int8) met on the ray from each pixel that moves one row
+    down and ``shift`` (-1, 0 or 1) columns right per step (forward, the pixel included), and on the
+    opposite ray (backward); 0 where the ray leaves the frame first.
+
+    One pass per direction over the rows, each row from its neighbour's answer (a row loop costs a
+    fraction of index accumulation over the whole frame)."""
+    h, w = step.shape
+    forward = np.empty_like(step)
+    backward = np.empty_like(step)
+    # the answer of the previous row, padded by one "none" on each side for the column shift
+    previous = np.zeros(w + 2, step.dtype)
+    for out, rows, offset in ((forward, range(h - 1, -1, -1), shift), (backward, range(h), -shift)):
+        previous[:] = 0
+        ahead = previous[1 + offset : 1 + offset + w]
+        for r in rows:
+            row = step[r]
+            current = np.where(row != 0, row, ahead)
+            previous[1:-1] = current
+            out[r] = current
+    return forward, backward
 
 
 def _enclosure_votes(smooth: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1641,26 +1650,18 @@ def _enclosure_votes(smooth: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, 
         L2gradient=True,
     )
     edges = (edges > 0) & mask
-    h, w = smooth.shape
-    rows, cols = np.nonzero(np.ones((h, w), bool))
-    up = np.zeros((h, w), np.uint8)
-    down = np.zeros((h, w), np.uint8)
+    up = np.zeros(smooth.shape, np.uint8)
+    down = np.zeros(smooth.shape, np.uint8)
     for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
         along = (gx * np.float32(dx) + gy * np.float32(dy)) * np.float32(1 / np.hypot(dx, dy))
         crossed = edges & (np.abs(along) > np.float32(_RELIEF_MIN_COS) * magnitude)
-        step = np.zeros((h, w), np.int8)
+        step = np.zeros(smooth.shape, np.int8)
         step[crossed & (along > 0)] = 1
         step[crossed & (along < 0)] = -1
-        if dy == 0:
-            forward, backward = (a.T for a in _first_steps(np.ascontiguousarray(step.T)))
-        elif dx == 0:
-            forward, backward = _first_steps(step)
+        if dy == 0:  # along the rows: walk the columns of the transposed frame
+            forward, backward = (a.T for a in _first_steps(np.ascontiguousarray(step.T), 0))
         else:
-            # shear so that each diagonal is a column; walking the ray = walking down the column
-            col = cols - rows + (h - 1) if dx > 0 else cols + rows
-            sheared = np.zeros((h, w + h - 1), np.int8)
-            sheared[rows, col] = step.reshape(-1)
-            forward, backward = (a[rows, col].reshape(h, w) for a in _first_steps(sheared))
+            forward, backward = _first_steps(step, dx)
         # a step met going forward rises by its sign; going backward, by the opposite sign
         up += forward > 0
         up += backward < 0
