@@ -1649,15 +1649,16 @@ def _enclosure_votes(smooth: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, 
         hi * scale,
         L2gradient=True,
     )
-    edges = (edges > 0) & mask
+    # edge pixels that a ray along x, y or a diagonal crosses steeply enough (cosine with the gradient)
+    edges = ((edges > 0) & mask).view(np.int8)
+    steep = np.float32(_RELIEF_MIN_COS) * magnitude
     up = np.zeros(smooth.shape, np.uint8)
     down = np.zeros(smooth.shape, np.uint8)
+    diagonal = np.float32(np.sqrt(0.5))
     for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
-        along = (gx * np.float32(dx) + gy * np.float32(dy)) * np.float32(1 / np.hypot(dx, dy))
-        crossed = edges & (np.abs(along) > np.float32(_RELIEF_MIN_COS) * magnitude)
-        step = np.zeros(smooth.shape, np.int8)
-        step[crossed & (along > 0)] = 1
-        step[crossed & (along < 0)] = -1
+        along = gx if dy == 0 else gy if dx == 0 else (gx * np.float32(dx) + gy) * diagonal
+        step = (along > steep).view(np.int8) - (along < -steep).view(np.int8)
+        step *= edges
         if dy == 0:  # along the rows: walk the columns of the transposed frame
             forward, backward = (a.T for a in _first_steps(np.ascontiguousarray(step.T), 0))
         else:
