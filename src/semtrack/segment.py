@@ -1208,8 +1208,9 @@ def segment_frame(
         magnitude; the frame's intensity classes only name the brighter phases. ``seed_fraction``,
         ``boundary_band_px``, ``gradient_sigma_px`` and the blob options are not used. Measured on
         the seven real Super images (SE, Ni superalloy, island IoU): lshr_15kx_3kv_0 0.43 -> 0.88,
-        the others 0.91-0.95 -> 0.945-0.96; about 1.3 s more CPU per 2048x1600 frame. Off by default
-        (BSE images need none of it).
+        the others 0.91-0.95 -> 0.945-0.96; 1-1.5 s more CPU per 2048x1600 frame (the watershed
+        floods the undecided pixels, up to 40 % of the frame). Off by default (BSE images need none
+        of it).
 
     Returns
     -------
