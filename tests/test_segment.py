@@ -738,6 +738,17 @@ def test_se_relief_on_unshaded_islands():
     assert abs((relief == 0).mean() - truth.mean()) <= 0.015
 
 
+def test_se_relief_one_dark_square_on_a_clean_background():
+    """Most rays from the background leave the frame without meeting an edge: still background."""
+    rng = np.random.default_rng(0)
+    img = np.full((128, 128), 0.8, np.float32)
+    img[40:80, 40:80] = 0.1
+    img += 0.001 * rng.standard_normal(img.shape).astype(np.float32)
+    phases = segment_frame(img, **TWO, se_relief=True)
+    assert abs(int((phases == 0).sum()) - 1600) <= 20  # measured 1604
+    assert (phases[40:80, 40:80] == 0).all()
+
+
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_real_super_unsupervised_se_relief(real_sem):

@@ -1644,15 +1644,11 @@ def _enclosure_votes(smooth: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, 
     del g
     magnitude = cv2.magnitude(gx, gy)
     lo, hi = np.quantile(magnitude.reshape(-1)[_sample_index(mask)], _RELIEF_EDGE_QUANTILES)
-    # Canny on the given derivatives (16-bit, the strong edges at 1000)
+    # Canny on the given derivatives (16-bit, the strong edges at 1000; far stronger ones clipped)
     scale = np.float32(1000.0 / max(hi, 1e-12))
-    edges = cv2.Canny(
-        np.round(gx * scale).astype(np.int16),
-        np.round(gy * scale).astype(np.int16),
-        lo * scale,
-        hi * scale,
-        L2gradient=True,
-    )
+    dx16, dy16 = (np.clip(np.round(d * scale), -32767, 32767).astype(np.int16) for d in (gx, gy))
+    edges = cv2.Canny(dx16, dy16, lo * scale, hi * scale, L2gradient=True)
+    del dx16, dy16
     # edge pixels that a ray along x, y or a diagonal crosses steeply enough (cosine with the gradient)
     edges = ((edges > 0) & mask).view(np.int8)
     steep = np.float32(_RELIEF_MIN_COS) * magnitude
@@ -1685,15 +1681,19 @@ def _relief_labels(prep: _Prepared, ranks: np.ndarray) -> np.ndarray:
     the real Super image lshr_15kx_3kv_0 the best single threshold reaches 0.65 island IoU). The step
     across its boundary keeps its sign all round, though: seen from inside, every ray leaving the
     object first crosses an edge where the intensity rises; seen from the surroundings, rays first
-    cross an edge where it falls (into a darker object). Pixels on whose rays most agree seed.
+    cross an edge where it falls (into a darker object). Pixels on whose rays most agree seed; so do
+    pixels none of whose rays meets a rising edge first, even when most leave the frame without
+    meeting any (the surroundings of a few, scattered objects).
     """
     up, down = _enclosure_votes(prep.smooth, prep.mask)
     total = up.astype(np.float32) + down
     decided = total >= _RELIEF_MIN_RAYS
     share = up / np.maximum(total, 1)
+    decided_outside = decided | (up == 0)
     del up, down
     seeds = np.zeros(ranks.shape, np.int32)
-    outside = decided & (share <= 1 - _RELIEF_AGREEMENT)
+    outside = decided_outside & (share <= 1 - _RELIEF_AGREEMENT)
+    del decided_outside
     seeds[outside] = np.maximum(ranks[outside], 1) + 1
     seeds[decided & (share >= _RELIEF_AGREEMENT)] = 1
     seeds[~prep.mask] = 0
