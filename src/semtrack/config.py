@@ -149,6 +149,11 @@ class SegmentConfig(_Section):
     min_object_area_um2: float = Field(
         0.05, ge=0, description="Phase specks smaller than this are merged into their surroundings."
     )
+    se_relief: bool = Field(
+        False,
+        description="Secondary-electron relief mode (etched surfaces imaged with SE contrast): the darkest "
+        "phase is recognised by being enclosed by rising intensity edges, not by its grey level. Off for BSE.",
+    )
 
 
 class QuantifyConfig(_Section):
