@@ -10,6 +10,7 @@ import time
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import tifffile
@@ -91,8 +92,11 @@ def test_killed_run_resumes_to_identical_tables(synth_folder, tmp_path):
     assert semtrack("run", synth_folder, "--out", reference, "--no-report", "-q").returncode == 0
 
     out = tmp_path / "interrupted"
-    proc = subprocess.Popen([*SEMTRACK, "run", str(synth_folder), "--out", str(out), "--no-report", "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*SEMTRACK, "run", str(synth_folder), "--out", str(out), "--no-report", "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     # Kill once the run has cached at least one frame analysis but before it finished.
     while time.monotonic() < deadline and proc.poll() is None:
@@ -115,3 +119,43 @@ def test_killed_run_resumes_to_identical_tables(synth_folder, tmp_path):
     assert done.returncode == 0, done.stderr
     for table in TABLES:
         assert (out / table).read_bytes() == (reference / table).read_bytes(), table
+
+
+def test_train_saves_a_classifier_that_segments_the_frame(tmp_path):
+    from semtrack.segment import PixelClassifier, simulate_scribbles
+    from semtrack.synth import make_series
+
+    series = make_series(shape=(256, 256), n_frames=1, seed=3)
+    image, truth = series.images[0], series.phases[0]
+    image_path, scribble_path, model_path = tmp_path / "f.tif", tmp_path / "s.tif", tmp_path / "m.pkl"
+    tifffile.imwrite(image_path, image)
+    tifffile.imwrite(scribble_path, simulate_scribbles(truth, fraction=0.02).astype(np.uint8))
+
+    done = semtrack("train", image_path, scribble_path, "--out", model_path)
+    assert done.returncode == 0, done.stderr
+    classifier = PixelClassifier.load(model_path)
+    assert classifier.phase_names == ("pore", "glass", "nasicon", "na3po4")
+    inside = truth != 255
+    assert (classifier.predict(image)[inside] == truth[inside]).mean() > 0.9
+
+
+def test_train_keeps_phase_names_and_relief_mode_and_rejects_bad_names(tmp_path):
+    from semtrack.segment import PixelClassifier
+
+    image = np.full((64, 64), 200, np.uint8)
+    image[16:48, 16:48] = 60
+    scribbles = np.zeros((64, 64), np.uint8)
+    scribbles[28:36, 28:36] = 1  # island
+    scribbles[2:8, 2:60] = 2  # matrix
+    image_path, scribble_path, model_path = tmp_path / "f.tif", tmp_path / "s.tif", tmp_path / "m.pkl"
+    tifffile.imwrite(image_path, image)
+    tifffile.imwrite(scribble_path, scribbles)
+
+    done = semtrack("train", image_path, scribble_path, "--out", model_path, "--phases", "island,matrix", "--se-relief")
+    assert done.returncode == 0, done.stderr
+    classifier = PixelClassifier.load(model_path)
+    assert classifier.phase_names == ("island", "matrix") and classifier.se_relief
+
+    done = semtrack("train", image_path, scribble_path, "--out", tmp_path / "x.pkl", "--phases", "island,island")
+    assert done.returncode == 2 and "--phases" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "x.pkl").exists()

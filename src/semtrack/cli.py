@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from ._version import __version__
-from .config import Config, describe_config, load_config
+from .config import PHASE_NAMES, Config, describe_config, load_config
 from .errors import ConfigError, SemtrackError
 
 __all__ = ["main"]
@@ -40,8 +40,14 @@ class _Progress:
         if stage != self._stage:
             self.close()
             self._stage = stage
-            self._bar = tqdm(total=total, desc=f"{self.prefix}{stage:>8}", unit="step", leave=True,
-                             file=sys.stderr, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total,
+                desc=f"{self.prefix}{stage:>8}",
+                unit="step",
+                leave=True,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
         if self._bar is not None:
             self._bar.total = total
             self._bar.n = done
@@ -76,16 +82,21 @@ def _parse_times(value: str | None) -> list[float] | None:
         ) from None
 
 
-def _build_config(config_file, marker, pixel_size_um, times, times_csv, t0, crop_bottom_px, model,
-                  classifier) -> Config:
+def _build_config(
+    config_file, marker, pixel_size_um, times, times_csv, t0, crop_bottom_px, model, classifier
+) -> Config:
     overrides: dict[str, Any] = {}
-    io_over = {k: v for k, v in {
-        "pixel_size_um": pixel_size_um,
-        "times_h": _parse_times(times),
-        "times_csv": str(times_csv) if times_csv else None,
-        "t0": t0,
-        "crop_bottom_px": crop_bottom_px,
-    }.items() if v is not None}
+    io_over = {
+        k: v
+        for k, v in {
+            "pixel_size_um": pixel_size_um,
+            "times_h": _parse_times(times),
+            "times_csv": str(times_csv) if times_csv else None,
+            "t0": t0,
+            "crop_bottom_px": crop_bottom_px,
+        }.items()
+        if v is not None
+    }
     if io_over:
         overrides["io"] = io_over
     reg_over = {k: v for k, v in {"marker": _parse_marker(marker), "model": model}.items() if v is not None}
@@ -98,21 +109,36 @@ def _build_config(config_file, marker, pixel_size_um, times, times_csv, t0, crop
 
 def _series_options(func):
     options = [
-        click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-                     help="TOML file with parameters (see `semtrack config --show`)."),
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="TOML file with parameters (see `semtrack config --show`).",
+        ),
         click.option("--marker", help="Fixed marker rectangle x0,y0,x1,y1 in reference pixels (default: automatic)."),
-        click.option("--model", type=click.Choice(["translation", "rigid", "similarity", "affine"]),
-                     help="Registration model (default: similarity)."),
-        click.option("--pixel-size-um", type=click.FloatRange(min=0, min_open=True),
-                     help="Pixel size in µm, overriding the files' metadata."),
+        click.option(
+            "--model",
+            type=click.Choice(["translation", "rigid", "similarity", "affine"]),
+            help="Registration model (default: similarity).",
+        ),
+        click.option(
+            "--pixel-size-um",
+            type=click.FloatRange(min=0, min_open=True),
+            help="Pixel size in µm, overriding the files' metadata.",
+        ),
         click.option("--times", help="Exposure times in hours, comma-separated, in file-name order."),
-        click.option("--times-csv", type=click.Path(dir_okay=False, path_type=Path),
-                     help="CSV with columns file,time_h."),
+        click.option(
+            "--times-csv", type=click.Path(dir_okay=False, path_type=Path), help="CSV with columns file,time_h."
+        ),
         click.option("--t0", help="Exposure start (ISO date-time); times = acquisition time - t0."),
-        click.option("--crop-bottom-px", type=click.IntRange(min=0),
-                     help="Rows of info bar to drop (default: detected)."),
-        click.option("--classifier", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Trained pixel classifier (from `semtrack train`) instead of unsupervised segmentation."),
+        click.option(
+            "--crop-bottom-px", type=click.IntRange(min=0), help="Rows of info bar to drop (default: detected)."
+        ),
+        click.option(
+            "--classifier",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Trained pixel classifier (from `semtrack train`) instead of unsupervised segmentation.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -140,16 +166,41 @@ def main() -> None:
 
 @main.command("run")
 @click.argument("series", nargs=-1, required=True)
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (created; an interrupted run in it is resumed).")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (created; an interrupted run in it is resumed).",
+)
 @_series_options
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes analysing frames in parallel.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes analysing frames in parallel.",
+)
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary.")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging and tracebacks.")
-def run_command(series, out_dir, config_file, marker, model, pixel_size_um, times, times_csv, t0, crop_bottom_px,
-                classifier, workers, no_report, quiet, verbose):
+def run_command(
+    series,
+    out_dir,
+    config_file,
+    marker,
+    model,
+    pixel_size_um,
+    times,
+    times_csv,
+    t0,
+    crop_bottom_px,
+    classifier,
+    workers,
+    no_report,
+    quiet,
+    verbose,
+):
     """Analyse one time series SERIES (a folder, a glob, or several files) into OUT."""
     from .pipeline import run
 
@@ -157,10 +208,17 @@ def run_command(series, out_dir, config_file, marker, model, pixel_size_um, time
     source = series[0] if len(series) == 1 else list(series)
     progress = _Progress(enabled=not quiet)
     try:
-        config = _build_config(config_file, marker, pixel_size_um, times, times_csv, t0, crop_bottom_px, model,
-                               classifier)
-        result = run(source, config=config, out_dir=out_dir, progress=progress, frame_workers=workers,
-                     report=False if no_report else None)
+        config = _build_config(
+            config_file, marker, pixel_size_um, times, times_csv, t0, crop_bottom_px, model, classifier
+        )
+        result = run(
+            source,
+            config=config,
+            out_dir=out_dir,
+            progress=progress,
+            frame_workers=workers,
+            report=False if no_report else None,
+        )
     except ConfigError as exc:
         progress.close()
         _fail(exc, verbose)
@@ -178,8 +236,21 @@ def run_command(series, out_dir, config_file, marker, model, pixel_size_um, time
 def _print_summary(result) -> None:
     frames = result.frames
     unit = "um" if result.series.calibrated else "px"
-    cols = [c for c in ("frame", "time_h", "reg_score", "frac_glass", "glass_fraction", "frac_na3po4", "n_islands",
-                        "grain_count", "grain_ecd_mean_um") if c in frames]
+    cols = [
+        c
+        for c in (
+            "frame",
+            "time_h",
+            "reg_score",
+            "frac_glass",
+            "glass_fraction",
+            "frac_na3po4",
+            "n_islands",
+            "grain_count",
+            "grain_ecd_mean_um",
+        )
+        if c in frames
+    ]
     click.echo(frames[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     counts = result.events["event"].value_counts().to_dict() if len(result.events) else {}
     click.echo("events: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
@@ -193,11 +264,21 @@ def _print_summary(result) -> None:
 
 @main.command("batch")
 @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder; one sub-folder per series plus batch_summary.csv.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder; one sub-folder per series plus batch_summary.csv.",
+)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="TOML parameters.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Series analysed in parallel on this machine.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Series analysed in parallel on this machine.",
+)
 @click.option("--scheduler", help="Address of a running Dask scheduler (tcp://host:8786) to run the series on.")
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--verbose", "-v", is_flag=True)
@@ -208,8 +289,7 @@ def batch_command(root, out_dir, config_file, workers, scheduler, quiet, verbose
     _setup_logging(verbose, quiet)
     try:
         config = load_config(config_file)
-        summary = run_batch(root, out_dir, config=config, workers=workers, scheduler=scheduler,
-                            progress=not quiet)
+        summary = run_batch(root, out_dir, config=config, workers=workers, scheduler=scheduler, progress=not quiet)
     except ConfigError as exc:
         _fail(exc, verbose)
         sys.exit(EXIT_USAGE)
@@ -226,8 +306,13 @@ def batch_command(root, out_dir, config_file, workers, scheduler, quiet, verbose
 @main.command("report")
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--title", help="Report title (default: the series folder).")
-@click.option("--time-scale", type=click.Choice(["auto", "linear", "log"]), default="auto", show_default=True,
-              help="Time axes: log when times span decades (24 h ... 1055 h).")
+@click.option(
+    "--time-scale",
+    type=click.Choice(["auto", "linear", "log"]),
+    default="auto",
+    show_default=True,
+    help="Time axes: log when times span decades (24 h ... 1055 h).",
+)
 @click.option("--verbose", "-v", is_flag=True)
 def report_command(out_dir, title, time_scale, verbose):
     """(Re)write OUT_DIR/report.html from the results in OUT_DIR."""
@@ -244,16 +329,36 @@ def report_command(out_dir, title, time_scale, verbose):
 @main.command("train")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("scribbles", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", "model_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to save the trained classifier.")
+@click.option(
+    "--out",
+    "model_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to save the trained classifier.",
+)
+@click.option(
+    "--phases",
+    "phase_names",
+    default=",".join(PHASE_NAMES),
+    show_default=True,
+    help="Phase names by code (comma-separated): scribble value k is the k-th name.",
+)
+@click.option(
+    "--se-relief",
+    is_flag=True,
+    help="Secondary-electron relief images: add the enclosure feature (see PixelClassifier).",
+)
 @click.option("--verbose", "-v", is_flag=True)
-def train_command(image, scribbles, model_path, verbose):
+def train_command(image, scribbles, model_path, phase_names, se_relief, verbose):
     """Train a pixel classifier from SCRIBBLES (label image: 0 unlabelled, k = phase code k-1) on IMAGE."""
     import tifffile
 
     from .io import read_image
     from .segment import PixelClassifier
 
+    names = tuple(name.strip() for name in phase_names.split(","))
+    if len(names) < 2 or len(set(names)) != len(names) or not all(names):
+        raise click.BadParameter(f"expected two or more distinct names, got {phase_names!r}", param_hint="--phases")
     try:
         pixels = read_image(image)
         try:
@@ -262,7 +367,7 @@ def train_command(image, scribbles, model_path, verbose):
             raise SemtrackError(f"cannot read the scribble label image ({exc})", path=scribbles) from exc
         if labels.shape != pixels.shape:
             raise SemtrackError(f"scribbles are {labels.shape}, the image is {pixels.shape}", path=scribbles)
-        classifier = PixelClassifier().fit(pixels, labels)
+        classifier = PixelClassifier(phase_names=names, se_relief=se_relief).fit(pixels, labels)
         classifier.save(model_path)
     except SemtrackError as exc:
         _fail(exc, verbose)
@@ -272,8 +377,12 @@ def train_command(image, scribbles, model_path, verbose):
 
 @main.command("config")
 @click.option("--show", is_flag=True, help="Print every parameter with its default and meaning (as TOML).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Show this file's values merged with the defaults.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Show this file's values merged with the defaults.",
+)
 def config_command(show, config_file):
     """Print the parameters (as a TOML file you can edit and pass with --config)."""
     try:
