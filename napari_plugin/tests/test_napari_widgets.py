@@ -16,7 +16,7 @@ from napari_semtrack import ExportWidget, GrainsWidget, RegisterWidget, SegmentW
 from napari_semtrack._common import EVENT_COLORS, PHASE_COLORS, config_form
 from napari_semtrack._widgets import marker_from_shapes
 from semtrack import pipeline, register, segment
-from semtrack.config import OUTSIDE, Config, GrainsConfig, RegisterConfig, TrackConfig
+from semtrack.config import OUTSIDE, Config, GrainsConfig, RegisterConfig, SegmentConfig, TrackConfig
 from semtrack.write import phase_map_path, read_label_map
 
 TIMEOUT_MS = 180_000
@@ -81,6 +81,7 @@ def test_forms_follow_the_config_defaults_and_descriptions():
     track_form = config_form(TrackConfig, ["min_island_area_um2"])
     assert track_form["min_island_area_um2"].value == pytest.approx(TrackConfig().min_island_area_um2)
     assert config_form(GrainsConfig, ["split_touching"])["split_touching"].value is True
+    assert config_form(SegmentConfig, ["se_relief"])["se_relief"].value is SegmentConfig().se_relief
 
 
 @pytest.mark.parametrize(
@@ -257,6 +258,7 @@ def test_trainable_segmentation_from_scribbles(opened, qtbot, synthetic, tmp_pat
     scribbles = viewer.layers["scribbles"]
     assert scribbles.data.shape == registered.data.shape
     assert seg.method.value == "train on scribbles"
+    seg.segment_options["se_relief"].value = True  # reaches the classifier
     # Paint every 7th truly-known pixel of frame 0 (truth code k -> scribble k + 1).
     truth = synthetic.phases_ref[0]
     paint = np.zeros(truth.shape, np.uint8)
@@ -268,6 +270,7 @@ def test_trainable_segmentation_from_scribbles(opened, qtbot, synthetic, tmp_pat
     run_step(qtbot, seg)
     phases = viewer.layers["phases"]
     classifier = phases.metadata["semtrack"]["classifier"]
+    assert classifier.se_relief
     image = registered.data[1]
     valid = registered.metadata["semtrack"]["region"] & np.isfinite(image)
     np.testing.assert_array_equal(phases.data[1], classifier.predict(image, valid=valid))

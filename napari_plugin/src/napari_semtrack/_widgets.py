@@ -223,9 +223,10 @@ class SegmentWidget(StepWidget):
                                         tooltip=SegmentConfig.model_fields["classifier_path"].description)
         self.save_to = FileEdit(label="save classifier to", mode="w", value="",
                                 tooltip="Optional: where to save the classifier trained on the scribbles.")
+        self.segment_options = config_form(SegmentConfig, ["se_relief"])
         self.options = config_form(QuantifyConfig, ["confidence"])
         return [self.image, self.method, self.scribbles, self.add_scribbles, self.classifier_file, self.save_to,
-                *self.options.values()]
+                *self.segment_options.values(), *self.options.values()]
 
     def _add_outputs(self, layout):
         self.table = Table()
@@ -255,8 +256,8 @@ class SegmentWidget(StepWidget):
         pixel_size_um = semtrack_info(layer, "pixel_size_um")
         series = semtrack_info(layer, "series")
         registration = semtrack_info(layer, "registration")
-        config = Config()
-        seg_cfg = config.segment
+        seg_cfg = SegmentConfig(**form_values(self.segment_options))
+        config = Config(segment=seg_cfg)
         q_cfg = QuantifyConfig(**form_values(self.options))
         method = self.method.value
         scribbles = None
@@ -288,7 +289,7 @@ class SegmentWidget(StepWidget):
             elif method == _METHOD_TRAIN:
                 progress("train", 0, 1)
                 painted = [i for i in range(n) if scribbles[i].any()]
-                classifier = segment.PixelClassifier().fit(
+                classifier = segment.PixelClassifier(se_relief=seg_cfg.se_relief).fit(
                     [images[i] for i in painted], [scribbles[i] for i in painted]
                 )
                 if save_to is not None:
@@ -323,7 +324,7 @@ class SegmentWidget(StepWidget):
         fractions.insert(0, "time_h", times[: len(fractions)])
         fractions.insert(0, "frame", np.arange(len(fractions)))
         seg = {"method": "unsupervised" if result["phase_model"] is not None else "classifier",
-               "classifier_path": result["classifier_path"]}
+               "classifier_path": result["classifier_path"], **form_values(self.segment_options)}
         info = _derived(layer, phases=True, registered_stack=layer.data, fractions=fractions,
                         phase_model=result["phase_model"],
                         classifier=result["classifier"], phase_names=SegmentConfig().phase_names,
