@@ -149,6 +149,14 @@ class SegmentConfig(_Section):
     min_object_area_um2: float = Field(
         0.05, ge=0, description="Phase specks smaller than this are merged into their surroundings."
     )
+    top_edge_level: float | None = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Where NaSICON (brightest) and glass (next) are split: fraction of the way from the glass "
+        "to the NaSICON median; 0.5 = mid level, the true position of a blurred edge. None = the model's "
+        "likelihood threshold (gives edge pixels to the commoner phase).",
+    )
 
 
 class QuantifyConfig(_Section):
