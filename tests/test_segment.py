@@ -687,13 +687,13 @@ def _film_error_px(img, truth, **kw):
 
 def test_glass_film_width_with_a_glass_poor_model():
     """A 4-px glass film between grains, with a model whose threshold sits near the glass level (as the
-    likelihood fit puts it when glass is rare): split at the mid level the film keeps its width; the
+    likelihood fit puts it when glass is rare): split near the mid level (the default) the film keeps its width; the
     model's threshold gives its mixed edge pixels to NaSICON."""
     for seed in range(3):
         img, truth = _film_between_grains(np.random.default_rng(seed), 4.0, halo=0.0)
         mid = _film_error_px(img, truth)
         likelihood = _film_error_px(img, truth, top_edge_level=None)
-        # measured: -0.02 to -0.10 px per row at the mid level, -0.22 to -0.32 with the model's threshold
+        # measured: -0.02 to -0.10 px per row by default, -0.22 to -0.32 with the model's threshold
         assert abs(mid) < 0.15, mid
         assert likelihood < mid - 0.1, (likelihood, mid)
     with pytest.raises(ValueError, match="top_edge_level"):

@@ -150,12 +150,12 @@ class SegmentConfig(_Section):
         0.05, ge=0, description="Phase specks smaller than this are merged into their surroundings."
     )
     top_edge_level: float | None = Field(
-        0.5,
+        0.45,
         gt=0,
         lt=1,
         description="Where NaSICON (brightest) and glass (next) are split: fraction of the way from the glass "
-        "to the NaSICON median; 0.5 = mid level, the true position of a blurred edge. None = the model's "
-        "likelihood threshold (gives edge pixels to the commoner phase).",
+        "to the NaSICON median, near the mid level where a blurred edge is crossed at its true position. "
+        "None = the model's likelihood threshold (gives edge pixels to the commoner phase).",
     )
 
 
