@@ -709,3 +709,15 @@ def test_glass_film_beside_haloed_grains():
         error = _film_error_px(img, truth)
         # measured: -0.47 to -0.55 px per row (about a tenth of the film)
         assert -0.7 < error < 0.0, error
+
+
+def test_top_edge_level_only_where_both_top_classes_exist():
+    """The mid-level split is used only when the model has both top classes: an absent glass class (zero
+    width) or an absent brightest class (threshold far off the data) keeps the model's thresholds, so
+    no pixel is given to a phase the series does not show."""
+    from semtrack.segment import _FAR, _both_top_present
+
+    assert _both_top_present(np.array([0.5]))  # two phases
+    assert _both_top_present(np.array([-0.7, -0.7, 0.35]))  # no Na3PO4: glass and NaSICON present
+    assert not _both_top_present(np.array([-0.7, 0.35, 0.35]))  # no glass
+    assert not _both_top_present(np.array([-0.7, 0.0, 1.0 + _FAR]))  # no NaSICON
