@@ -805,3 +805,78 @@ def test_real_super_classifier_se_relief(real_sem):
         scribbles = simulate_scribbles(np.where(truth, 0, 1), fraction=0.015, seed=seed)
         clf = PixelClassifier(**kw, se_relief=True).fit(img, scribbles)
         assert _iou(clf.predict(img) == 0, truth) >= 0.9, seed
+
+
+# -------------------------------------------------------------------- segment_frame: glass/NaSICON level
+
+#: The likelihood boundary of a glass-poor series (5 % glass): 0.2 of the way from glass to NaSICON.
+_GLASS_POOR_MODEL = PhaseModel(
+    phase_names=("glass", "nasicon"),
+    brightness_order=("glass", "nasicon"),
+    thresholds=(0.2,),
+    medians=(0.0, 1.0),
+    weights=(0.05, 0.95),
+    anchor_phases=("glass", "nasicon"),
+)
+
+
+def _film_between_grains(rng, width_px, halo, supersample=8):
+    """A slanted glass film ``width_px`` wide between two NaSICON grains (brighter within ~2 px of the
+    glass when ``halo`` > 0: the BSE edge halo) and a glass pool at the left; drawn 8x finer,
+    area-averaged, blurred (sigma 1 px) and noisy. Truth: glass covers more than half of the pixel."""
+    h, w = 96, 160
+    yy, xx = np.mgrid[0 : h * supersample, 0 : w * supersample].astype(np.float32) / supersample
+    left = 90 + 0.15 * yy
+    glass = ((xx >= left) & (xx < left + width_px)) | (xx < 40)
+    dist_px = cv2.distanceTransform((~glass).astype(np.uint8), cv2.DIST_L2, 5) / supersample
+    fine = np.where(glass, 0.5, 0.8 + halo * np.exp(-dist_px / 2.0)).astype(np.float32)
+    img = cv2.resize(fine, (w, h), interpolation=cv2.INTER_AREA)
+    truth = cv2.resize(glass.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0.5
+    img = cv2.GaussianBlur(img, (0, 0), 1.0)
+    img += 0.02 * rng.standard_normal(img.shape).astype(np.float32)
+    return img, truth
+
+
+def _film_error_px(img, truth, **kw):
+    """Glass area error over the film (right part), in pixels per image row."""
+    phases = segment_frame(img, model=_GLASS_POOR_MODEL, **kw)
+    part = np.s_[:, 60:]
+    return (int((phases[part] == 0).sum()) - int(truth[part].sum())) / img.shape[0]
+
+
+def test_glass_film_width_with_a_glass_poor_model():
+    """A 4-px glass film between grains, with a model whose threshold sits near the glass level (as the
+    likelihood fit puts it when glass is rare): split near the mid level (the default) the film keeps its width; the
+    model's threshold gives its mixed edge pixels to NaSICON."""
+    for seed in range(3):
+        img, truth = _film_between_grains(np.random.default_rng(seed), 4.0, halo=0.0)
+        mid = _film_error_px(img, truth)
+        likelihood = _film_error_px(img, truth, top_edge_level=None)
+        # measured: -0.02 to -0.10 px per row by default, -0.22 to -0.32 with the model's threshold
+        assert abs(mid) < 0.15, mid
+        assert likelihood < mid - 0.1, (likelihood, mid)
+    with pytest.raises(ValueError, match="top_edge_level"):
+        segment_frame(img, model=_GLASS_POOR_MODEL, top_edge_level=1.0)
+
+
+def test_glass_film_beside_haloed_grains():
+    """The same film, 5 px wide, between grains with a bright edge halo (+0.08 = 27 % of the contrast,
+    decaying over 2 px): the halo, blurred into the glass, still moves both edges into it by a fraction
+    of a pixel (the remaining edge deficit; see issue 4), but no more than that."""
+    for seed in range(3):
+        img, truth = _film_between_grains(np.random.default_rng(seed), 5.0, halo=0.08)
+        error = _film_error_px(img, truth)
+        # measured: -0.47 to -0.55 px per row (about a tenth of the film)
+        assert -0.7 < error < 0.0, error
+
+
+def test_top_edge_level_only_where_both_top_classes_exist():
+    """The mid-level split is used only when the model has both top classes: an absent glass class (zero
+    width) or an absent brightest class (threshold far off the data) keeps the model's thresholds, so
+    no pixel is given to a phase the series does not show."""
+    from semtrack.segment import _FAR, _both_top_present
+
+    assert _both_top_present(np.array([0.5]))  # two phases
+    assert _both_top_present(np.array([-0.7, -0.7, 0.35]))  # no Na3PO4: glass and NaSICON present
+    assert not _both_top_present(np.array([-0.7, 0.35, 0.35]))  # no glass
+    assert not _both_top_present(np.array([-0.7, 0.0, 1.0 + _FAR]))  # no NaSICON

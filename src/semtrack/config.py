@@ -154,6 +154,14 @@ class SegmentConfig(_Section):
         description="Secondary-electron relief mode (etched surfaces imaged with SE contrast): the darkest "
         "phase is recognised by being enclosed by rising intensity edges, not by its grey level. Off for BSE.",
     )
+    top_edge_level: float | None = Field(
+        0.45,
+        gt=0,
+        lt=1,
+        description="Where NaSICON (brightest) and glass (next) are split: fraction of the way from the glass "
+        "to the NaSICON median, near the mid level where a blurred edge is crossed at its true position. "
+        "None = the model's likelihood threshold (gives edge pixels to the commoner phase).",
+    )
 
 
 class QuantifyConfig(_Section):
