@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from napari_semtrack import napari_get_reader, read_semtrack_series
+
 from semtrack.io import read_series
 
 

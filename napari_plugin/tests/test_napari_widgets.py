@@ -6,15 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import napari_semtrack._common as common
 import numpy as np
 import pandas as pd
 import pytest
 from napari.layers import Labels, Points, Tracks
-
-import napari_semtrack._common as common
 from napari_semtrack import ExportWidget, GrainsWidget, RegisterWidget, SegmentWidget, TrackWidget
 from napari_semtrack._common import EVENT_COLORS, PHASE_COLORS, config_form
 from napari_semtrack._widgets import marker_from_shapes
+
 from semtrack import pipeline, register, segment
 from semtrack.config import OUTSIDE, Config, GrainsConfig, RegisterConfig, SegmentConfig, TrackConfig
 from semtrack.write import phase_map_path, read_label_map
