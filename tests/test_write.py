@@ -83,14 +83,15 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o666 & ~_UMASK
 
 
+@pytest.mark.parametrize("level", [1, 0])
 @pytest.mark.parametrize("shape", [(37, 53), (37, 53, 3), (1, 1), (1, 9, 3)])
-def test_png_round_trips_through_opencv_and_pillow(tmp_path, shape):
+def test_png_round_trips_through_opencv_and_pillow(tmp_path, shape, level):
     import cv2
     from PIL import Image
 
     image = np.random.default_rng(1).integers(0, 256, shape).astype(np.uint8)
     image[: shape[0] // 2] = 7  # flat rows compress, noisy rows do not: both must survive
-    path = write_png(image, tmp_path / "i.png")
+    path = write_png(image, tmp_path / "i.png", level=level)
     np.testing.assert_array_equal(np.asarray(Image.open(path)), image)
     back = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(back if image.ndim == 2 else cv2.cvtColor(back, cv2.COLOR_BGR2RGB), image)
@@ -104,13 +105,21 @@ def test_png_rejects_what_it_cannot_store(image):
         png_bytes(image)
 
 
+@pytest.mark.parametrize("level", [1, 0])
 @pytest.mark.parametrize("shape", [(37, 53), (37, 53, 3), (1, 1), (1, 9, 3)])
-def test_png_pixels_reads_back_what_png_bytes_wrote(shape):
+def test_png_pixels_reads_back_what_png_bytes_wrote(shape, level):
     image = np.random.default_rng(2).integers(0, 256, shape).astype(np.uint8)
     image[: shape[0] // 2] = 7
-    back = png_pixels(png_bytes(image))
-    assert back.dtype == np.uint8
+    back = png_pixels(png_bytes(image, level=level))
+    assert back.dtype == np.uint8 and back.flags.writeable
     np.testing.assert_array_equal(back, image)
+
+
+def test_png_level_0_stores_the_pixels_uncompressed():
+    image = np.random.default_rng(4).integers(0, 256, (40, 60)).astype(np.uint8)
+    image[:20] = 7  # would deflate to almost nothing at level 1
+    stored, deflated = png_bytes(image, level=0), png_bytes(image, level=1)
+    assert len(stored) > image.size > len(deflated)
 
 
 def test_png_pixels_declines_other_pngs():
