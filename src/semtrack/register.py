@@ -405,26 +405,38 @@ def _level_mask(mask: np.ndarray, level: _Level, level_index: int) -> np.ndarray
 # --------------------------------------------------------------------------- sampling
 
 
-def _bilinear(image: np.ndarray, valid: np.ndarray, x: np.ndarray, y: np.ndarray):
-    """Bilinear samples at float coordinates, and whether all four neighbours are valid."""
-    rows, cols = image.shape
+def _cells(shape: tuple[int, int], x: np.ndarray, y: np.ndarray):
+    """Per float coordinate: whether it is inside the image, the clipped coordinates and the flat
+    index of the top-left neighbour of its interpolation cell."""
+    rows, cols = shape
     inside = (x >= 0) & (y >= 0) & (x <= cols - 1) & (y <= rows - 1)
     xc = np.clip(x, 0, cols - 1.000001)
     yc = np.clip(y, 0, rows - 1.000001)
     x0 = xc.astype(np.intp)
     y0 = yc.astype(np.intp)
+    return inside, xc, yc, x0, y0, y0 * cols + x0
+
+
+def _valid_cells(valid: np.ndarray, inside: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Inside and all four neighbours valid (see :func:`_cells`)."""
+    cols = valid.shape[1]
+    vflat = valid.ravel()
+    return inside & vflat[idx] & vflat[idx + 1] & vflat[idx + cols] & vflat[idx + cols + 1]
+
+
+def _bilinear(image: np.ndarray, valid: np.ndarray, x: np.ndarray, y: np.ndarray):
+    """Bilinear samples at float coordinates, and whether all four neighbours are valid."""
+    cols = image.shape[1]
+    inside, xc, yc, x0, y0, idx = _cells(image.shape, x, y)
     fx = (xc - x0).astype(np.float32)
     fy = (yc - y0).astype(np.float32)
     flat = image.ravel()
-    idx = y0 * cols + x0
     a, b = flat[idx], flat[idx + 1]
     c, d = flat[idx + cols], flat[idx + cols + 1]
     top = a + fx * (b - a)
     bottom = c + fx * (d - c)
     values = top + fy * (bottom - top)
-    vflat = valid.ravel()
-    ok = inside & vflat[idx] & vflat[idx + 1] & vflat[idx + cols] & vflat[idx + cols + 1]
-    return values, ok
+    return values, _valid_cells(valid, inside, idx)
 
 
 # --------------------------------------------------------------------------- global search
@@ -545,9 +557,9 @@ def _cubic_sampler(moving: _Level, tmpl: _Template, matrix: np.ndarray):
 
     def sample(x, y):
         lx, ly = x - x0, y - y0
-        _, ok = _bilinear(coeffs, valid, lx, ly)
+        inside, *_, idx = _cells(coeffs.shape, lx, ly)
         vals = ndimage.map_coordinates(coeffs, [ly, lx], order=3, prefilter=False, mode="mirror")
-        return vals, ok
+        return vals, _valid_cells(valid, inside, idx)
 
     return sample
 
