@@ -1241,7 +1241,8 @@ def resample(image, matrix, output_shape, *, order: int = 1, fill: float = np.na
     # Exact inside test (OpenCV resolves positions to 1/32 px only): one interval of columns per row.
     half = 0.5 if order == 0 else 0.0
     start, stop = _inside_columns(m, rows, cols, (-half, src.shape[1] - 1 + half), (-half, src.shape[0] - 1 + half))
-    out[np.isnan(out)] = fill
+    if not np.isnan(fill):  # NaN in the frame stays NaN: only another fill needs a pass
+        out[np.isnan(out)] = fill
     for r in np.flatnonzero((start > 0) | (stop < cols)):
         out[r, : start[r]] = fill
         out[r, max(stop[r], start[r]) :] = fill
