@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 
 from semtrack._atomic import atomic_path
 from semtrack.errors import OutputError
@@ -51,18 +52,23 @@ def test_json_turns_nan_into_null_and_numpy_into_python(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1.5, "b": None, "c": [0, 1, 2], "d": [None]}
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.int32])
-def test_label_maps_round_trip(tmp_path, dtype):
+@pytest.mark.parametrize("shape", [(40, 50), (1, 1), (3000, 700)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, ">i4"])
+def test_label_maps_round_trip(tmp_path, dtype, shape):
     from PIL import Image
 
-    labels = np.random.default_rng(0).integers(0, 200, (40, 50)).astype(dtype)
-    labels[:20] = 3  # long runs as well as noise
-    write_label_map(labels, tmp_path / "l.tif")
+    labels = np.random.default_rng(0).integers(0, 200, shape).astype(dtype)
+    labels[: shape[0] // 2] = 3  # long runs as well as noise
+    write_label_map(labels[:, ::-1], tmp_path / "l.tif")  # not contiguous: written all the same
     back = read_label_map(tmp_path / "l.tif")
-    assert back.dtype == dtype
-    np.testing.assert_array_equal(back, labels)
-    # A baseline TIFF compression: other readers (here libtiff through Pillow) decode it too.
-    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "l.tif")), labels)
+    assert back.dtype == np.dtype(dtype).newbyteorder("=")
+    np.testing.assert_array_equal(back, labels[:, ::-1])
+    with tifffile.TiffFile(tmp_path / "l.tif") as tif:
+        page = tif.pages[0]
+        assert page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        assert len(page.dataoffsets) == -(-shape[0] // page.rowsperstrip)  # several strips when large
+    # Other readers (here libtiff through Pillow) decode it too.
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "l.tif")), labels[:, ::-1])
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")

@@ -130,27 +130,55 @@ def write_json(obj: Any, path: str | Path) -> Path:
 
 
 def write_label_map(array: np.ndarray, path: str | Path) -> Path:
-    """Write a 2-D label map as a compressed TIFF, atomically.
-
-    8-bit maps (phase codes) are PackBits-compressed, wider ones (island ids) deflated;
-    both are baseline TIFF compressions that every reader, Fiji included, decodes.
-    """
+    """Write a 2-D label map as a deflate-compressed TIFF, atomically."""
     path = Path(path)
-    if array.dtype.itemsize == 1:
-        # Run-length coding of the phase codes' runs: on a 2048x1536 phase map 3.7 ms instead
-        # of deflate's 8.3 ms, for a file 17 % larger (190 against 165 kB).
-        options: dict[str, Any] = {"compression": "packbits"}
-    else:
-        # Deflate at level 2, the fastest for label maps with libdeflate (level 1 is slower on
-        # long zero runs; PackBits three times slower on int32 ids): 2048x1536 int32 islands
-        # in 0.02 s.
-        options = {"compression": "zlib", "compressionargs": {"level": 2}}
+    array = np.asarray(array)
     try:
         with atomic_path(path) as tmp:
-            tifffile.imwrite(tmp, array, photometric="minisblack", **options)
+            strips = _deflated_strips(array)
+            if strips is None:
+                tifffile.imwrite(tmp, array, compression="zlib", compressionargs={"level": 2}, photometric="minisblack")
+            else:
+                rows_per_strip, data = strips
+                tifffile.imwrite(
+                    tmp,
+                    data,
+                    shape=array.shape,
+                    dtype=array.dtype,
+                    compression="zlib",
+                    rowsperstrip=rows_per_strip,
+                    photometric="minisblack",
+                )
     except OSError as exc:
         raise OutputError(f"cannot write label map ({exc.strerror or exc})", path=path) from exc
     return path
+
+
+#: Uncompressed bytes per TIFF strip of a label map.
+_STRIP_BYTES = 1 << 20
+
+
+def _deflated_strips(array: np.ndarray):
+    """(rows per strip, iterator of zlib streams of the strips) of a 2-D label map, or None.
+
+    Deflate (readable everywhere, Fiji included) by zlib-ng at level 2: label maps are long runs,
+    which zlib-ng codes several times faster than libdeflate (tifffile's own encoder): 2048x1536
+    int32 islands in 3 ms instead of 18 ms, phases in 5 ms instead of 8 ms, files within 12 % of
+    the size. None (tifffile then compresses) where zlib-ng is missing or the map is not a
+    non-empty 2-D array.
+    """
+    import imagecodecs
+
+    if array.ndim != 2 or array.size == 0 or not getattr(imagecodecs.ZLIBNG, "available", False):
+        return None
+    # TIFF strips hold the pixels in the file's byte order, which tifffile makes little-endian.
+    array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    rows_per_strip = max(1, _STRIP_BYTES // array[0].nbytes)
+    strips = (
+        imagecodecs.zlibng_encode(array[r : r + rows_per_strip], level=2)
+        for r in range(0, array.shape[0], rows_per_strip)
+    )
+    return rows_per_strip, strips
 
 
 def read_label_map(path: str | Path) -> np.ndarray:
