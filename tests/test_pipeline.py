@@ -230,3 +230,21 @@ def test_preview_is_the_clipped_8bit_frame_with_0_where_not_imaged():
     image = np.array([[np.nan, -np.inf, np.inf, -0.5, -0.0], [0.0, 0.5, 0.999, 1.0, 2.0]], np.float32)
     expected = np.array([[0, 0, 255, 0, 0], [0, 127, 254, 255, 255]], np.uint8)
     np.testing.assert_array_equal(_preview(image), expected)
+
+
+@pytest.mark.parametrize("top_id", [0, 200, 70_000])
+def test_cached_analyses_give_back_int32_island_labels(tmp_path, top_id):
+    from semtrack.pipeline import FrameAnalysis, _Analyses, _Cache
+
+    islands = np.zeros((30, 40), np.int32)
+    islands[3:9, 5:12] = top_id
+    islands[20:25, 30:33] = 1
+    phases = np.full((30, 40), 2, np.uint8)
+    analysis = FrameAnalysis(phases, islands, {"frac_glass": 0.5}, pd.DataFrame({"a": [1]}), {"n": 1.0}, phases)
+    analyses = _Analyses(_Cache(tmp_path), ["key"])
+    analyses.store(0, analysis)
+    back = analyses.load(0)
+    assert back.islands.dtype == np.int32
+    np.testing.assert_array_equal(back.islands, islands)
+    np.testing.assert_array_equal(back.phases, phases)
+    assert back.fractions == analysis.fractions

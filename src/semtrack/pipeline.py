@@ -22,7 +22,7 @@ import pickle
 import platform
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -610,7 +610,10 @@ class _Analyses:
             self._memory[index] = analysis
         else:
             self._cache.put(self._table_keys[index], (analysis.fractions, analysis.grains, analysis.grain_summary))
-            self._cache.put(self._keys[index], analysis)
+            # Island labels in the smallest type that holds them (a few hundred islands: 8 or 16 bits, not
+            # 32): the largest map of the entry, and writing and reading it back is the entry's cost.
+            narrow = np.min_scalar_type(max(int(analysis.islands.max(initial=0)), 0))
+            self._cache.put(self._keys[index], replace(analysis, islands=analysis.islands.astype(narrow)))
 
     def has(self, index: int) -> bool:
         if index in self._memory:
@@ -622,7 +625,8 @@ class _Analyses:
     def load(self, index: int) -> FrameAnalysis:
         if index in self._memory:
             return self._memory[index]
-        return self._cache.get(self._keys[index])
+        analysis = self._cache.get(self._keys[index])
+        return replace(analysis, islands=analysis.islands.astype(np.int32, copy=False))
 
     def load_tables(self, index: int) -> tuple[dict[str, float], pd.DataFrame, dict[str, float]]:
         """(fractions, grains, grain_summary) of frame ``index``."""
