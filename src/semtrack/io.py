@@ -1333,7 +1333,11 @@ def read_series(
             crop = int(meta["info_bar_px"])
         else:
             pixels = read_pixels(path)
-            crop = detect_info_bar(unit_image(*pixels))
+            data, bits, miniswhite, _ = pixels
+            # Plain 8-bit grey pixels are already the levels the detection works on (the float image
+            # rounds back to the same values): no float copy of the frame.
+            plain = data.dtype == np.uint8 and data.ndim == 2 and bits == 8 and not miniswhite
+            crop = detect_info_bar(data if plain else unit_image(*pixels))
             if pixels[0].nbytes <= keep_pixels_bytes - sum(kept[0].nbytes for kept in decoded.values()):
                 decoded[done - 1] = pixels
         if pixel_size_um is not None:
