@@ -4,8 +4,9 @@
 the output contract and the report. Frames are streamed: only the reference
 frame, the frame at hand and the previous frame's island map are in memory, so
 long series of large frames fit in a few hundred MB. The decoded pixels of the
-frames (8 or 16 bits, up to 512 MB in all) are kept for the three passes that
-read them (registration, model fit, frame analysis) so each is decoded once.
+frames (8 or 16 bits, up to 512 MB in all) are kept in the :class:`Series` from
+the reading (which decodes them to find the info bars) through the three passes
+that read them (registration, model fit, frame analysis), so each is decoded once.
 
 With ``out_dir``, work already done by an interrupted run with the same inputs
 and parameters is reused from ``out_dir/.cache`` (keyed by input hashes,
