@@ -146,3 +146,15 @@ def test_png_pixels_declines_other_pngs():
     data = png_bytes(image)
     assert png_pixels(data[:-40]) is None  # truncated stream
     assert png_pixels(b"GIF89a") is None
+
+
+def test_label_maps_are_deflated_without_zlib_ng_too(tmp_path, monkeypatch):
+    import imagecodecs
+
+    monkeypatch.setattr(imagecodecs, "ZLIBNG", None, raising=False)  # a build without zlib-ng
+    labels = np.zeros((300, 200), np.int32)
+    labels[100:150, 20:90] = 7
+    write_label_map(labels, tmp_path / "l.tif")
+    np.testing.assert_array_equal(read_label_map(tmp_path / "l.tif"), labels)
+    with tifffile.TiffFile(tmp_path / "l.tif") as tif:
+        assert tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE

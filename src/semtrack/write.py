@@ -169,7 +169,8 @@ def _deflated_strips(array: np.ndarray):
     """
     import imagecodecs
 
-    if array.ndim != 2 or array.size == 0 or not getattr(imagecodecs.ZLIBNG, "available", False):
+    zlibng = getattr(imagecodecs, "ZLIBNG", None)  # imagecodecs builds may leave a codec out
+    if array.ndim != 2 or array.size == 0 or not getattr(zlibng, "available", False):
         return None
     # TIFF strips hold the pixels in the file's byte order, which tifffile makes little-endian.
     array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
