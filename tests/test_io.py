@@ -735,3 +735,12 @@ def test_read_series_reports_bad_frames(tmp_path):
 def test_sha256_file(tmp_path):
     (tmp_path / "a.bin").write_bytes(b"semtrack" * 100_000)
     assert sha256_file(tmp_path / "a.bin") == hashlib.sha256(b"semtrack" * 100_000).hexdigest()
+
+
+def test_8bit_levels_round_trip_through_the_float_image(tmp_path):
+    # read_series finds the info bar on the raw 8-bit pixels: the float image must give the same levels.
+    from semtrack.io import _as_levels
+
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    tifffile.imwrite(tmp_path / "levels.tif", levels)
+    np.testing.assert_array_equal(_as_levels(read_image(tmp_path / "levels.tif")), levels)

@@ -200,20 +200,51 @@ def test_user_marker_is_left_out_of_the_analysed_region(synth_series, synth_fold
     assert kept.region[y0:y1, x0:x1].mean() > 0.9
 
 
-@pytest.mark.parametrize("budget_bytes", [0, 1 << 30])
-def test_kept_frames_give_the_series_images_within_their_budget(synth_folder, budget_bytes):
-    from semtrack.io import read_series
-    from semtrack.pipeline import _KeptFrames
+@pytest.mark.parametrize("budget_frames", [0, 1, 100])
+def test_series_keeps_decoded_frames_within_their_budget(synth_folder, budget_frames):
+    import pickle
 
-    series = read_series(synth_folder)
-    kept = _KeptFrames(series, budget_bytes)
+    from semtrack.io import read_series
+
+    fresh = read_series(synth_folder)
+    rows, cols = fresh.frames[0].shape
+    budget_bytes = budget_frames * rows * cols  # 8-bit frames
+    series = read_series(synth_folder, keep_pixels_bytes=budget_bytes)
+    # Reading decoded every frame to find its info bar: those within the budget are kept already.
+    assert sorted(series._kept) == list(range(min(budget_frames, len(series))))
     for _ in range(2):  # the second pass reads what the first one kept
         for i in range(len(series)):
-            image = kept.image(i)
+            image = series.image(i)
             assert image.dtype == np.float32
-            np.testing.assert_array_equal(image, series.image(i))
+            np.testing.assert_array_equal(image, fresh.image(i))
             image[:] = 0  # a caller's changes must not reach the kept pixels
-    held = sum(pixels[0].nbytes for pixels in kept._kept.values())
-    assert held <= budget_bytes
-    assert len(kept._kept) == (len(series) if budget_bytes else 0)
-    assert len(kept) == len(series) and kept.frames == series.frames
+    assert sum(pixels[0].nbytes for pixels in series._kept.values()) <= budget_bytes
+    assert pickle.loads(pickle.dumps(series))._kept == {}  # workers get the description only
+    assert series.keep_pixels(0) == budget_bytes
+    assert series._kept == {} and series == fresh
+
+
+def test_preview_is_the_clipped_8bit_frame_with_0_where_not_imaged():
+    from semtrack.pipeline import _preview
+
+    image = np.array([[np.nan, -np.inf, np.inf, -0.5, -0.0], [0.0, 0.5, 0.999, 1.0, 2.0]], np.float32)
+    expected = np.array([[0, 0, 255, 0, 0], [0, 127, 254, 255, 255]], np.uint8)
+    np.testing.assert_array_equal(_preview(image), expected)
+
+
+@pytest.mark.parametrize("top_id", [0, 200, 70_000])
+def test_cached_analyses_give_back_int32_island_labels(tmp_path, top_id):
+    from semtrack.pipeline import FrameAnalysis, _Analyses, _Cache
+
+    islands = np.zeros((30, 40), np.int32)
+    islands[3:9, 5:12] = top_id
+    islands[20:25, 30:33] = 1
+    phases = np.full((30, 40), 2, np.uint8)
+    analysis = FrameAnalysis(phases, islands, {"frac_glass": 0.5}, pd.DataFrame({"a": [1]}), {"n": 1.0}, phases)
+    analyses = _Analyses(_Cache(tmp_path), ["key"])
+    analyses.store(0, analysis)
+    back = analyses.load(0)
+    assert back.islands.dtype == np.int32
+    np.testing.assert_array_equal(back.islands, islands)
+    np.testing.assert_array_equal(back.phases, phases)
+    assert back.fractions == analysis.fractions

@@ -160,3 +160,25 @@ def test_bad_maps():
         phase_fractions(np.full((4, 4), 7, dtype=np.uint8))
     with pytest.raises(SemtrackError, match="no analysed pixels"):
         phase_fractions(np.full((4, 4), OUTSIDE, dtype=np.uint8))
+
+
+@pytest.mark.parametrize("tile_px", [7.0, 23.5, 400.0])
+def test_field_counts_are_the_pixels_of_each_code_in_each_field(tile_px):
+    from semtrack.quantify import _field_counts
+
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 4, (97, 131)).astype(np.uint8)
+    codes[:5] = OUTSIDE
+    codes[40:60, 100:] = OUTSIDE
+    region = codes != OUTSIDE
+    counts = _field_counts(codes, region, tile_px, 4)  # uint8: a histogram per field
+    # Every analysed pixel is counted once, under its own code.
+    np.testing.assert_array_equal(counts.sum(axis=0), [np.count_nonzero(codes == c) for c in range(4)])
+    # Wider codes take the integral-image path: the same fields, the same counts.
+    np.testing.assert_array_equal(_field_counts(codes.astype(np.int32), region, tile_px, 4), counts)
+    # The first field of the grid (the region starts at row 5) is counted by hand.
+    n_c = max(1, round(131 / tile_px))
+    n_r = max(1, round(92 / tile_px))
+    rows = slice(5, 5 + -(-92 // n_r) if n_r > 1 else 97)
+    cols = slice(0, -(-131 // n_c) if n_c > 1 else 131)
+    np.testing.assert_array_equal(counts[0], [np.count_nonzero(codes[rows, cols] == c) for c in range(4)])

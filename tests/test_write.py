@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 
 from semtrack._atomic import atomic_path
 from semtrack.errors import OutputError
@@ -51,13 +52,23 @@ def test_json_turns_nan_into_null_and_numpy_into_python(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1.5, "b": None, "c": [0, 1, 2], "d": [None]}
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.int32])
-def test_label_maps_round_trip(tmp_path, dtype):
-    labels = np.random.default_rng(0).integers(0, 200, (40, 50)).astype(dtype)
-    write_label_map(labels, tmp_path / "l.tif")
+@pytest.mark.parametrize("shape", [(40, 50), (1, 1), (3000, 700)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, ">i4"])
+def test_label_maps_round_trip(tmp_path, dtype, shape):
+    from PIL import Image
+
+    labels = np.random.default_rng(0).integers(0, 200, shape).astype(dtype)
+    labels[: shape[0] // 2] = 3  # long runs as well as noise
+    write_label_map(labels[:, ::-1], tmp_path / "l.tif")  # not contiguous: written all the same
     back = read_label_map(tmp_path / "l.tif")
-    assert back.dtype == dtype
-    np.testing.assert_array_equal(back, labels)
+    assert back.dtype == np.dtype(dtype).newbyteorder("=")
+    np.testing.assert_array_equal(back, labels[:, ::-1])
+    with tifffile.TiffFile(tmp_path / "l.tif") as tif:
+        page = tif.pages[0]
+        assert page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        assert len(page.dataoffsets) == -(-shape[0] // page.rowsperstrip)  # several strips when large
+    # Other readers (here libtiff through Pillow) decode it too.
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "l.tif")), labels[:, ::-1])
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
@@ -83,14 +94,15 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o666 & ~_UMASK
 
 
+@pytest.mark.parametrize("level", [1, 0])
 @pytest.mark.parametrize("shape", [(37, 53), (37, 53, 3), (1, 1), (1, 9, 3)])
-def test_png_round_trips_through_opencv_and_pillow(tmp_path, shape):
+def test_png_round_trips_through_opencv_and_pillow(tmp_path, shape, level):
     import cv2
     from PIL import Image
 
     image = np.random.default_rng(1).integers(0, 256, shape).astype(np.uint8)
     image[: shape[0] // 2] = 7  # flat rows compress, noisy rows do not: both must survive
-    path = write_png(image, tmp_path / "i.png")
+    path = write_png(image, tmp_path / "i.png", level=level)
     np.testing.assert_array_equal(np.asarray(Image.open(path)), image)
     back = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(back if image.ndim == 2 else cv2.cvtColor(back, cv2.COLOR_BGR2RGB), image)
@@ -104,13 +116,21 @@ def test_png_rejects_what_it_cannot_store(image):
         png_bytes(image)
 
 
+@pytest.mark.parametrize("level", [1, 0])
 @pytest.mark.parametrize("shape", [(37, 53), (37, 53, 3), (1, 1), (1, 9, 3)])
-def test_png_pixels_reads_back_what_png_bytes_wrote(shape):
+def test_png_pixels_reads_back_what_png_bytes_wrote(shape, level):
     image = np.random.default_rng(2).integers(0, 256, shape).astype(np.uint8)
     image[: shape[0] // 2] = 7
-    back = png_pixels(png_bytes(image))
-    assert back.dtype == np.uint8
+    back = png_pixels(png_bytes(image, level=level))
+    assert back.dtype == np.uint8 and back.flags.writeable
     np.testing.assert_array_equal(back, image)
+
+
+def test_png_level_0_stores_the_pixels_uncompressed():
+    image = np.random.default_rng(4).integers(0, 256, (40, 60)).astype(np.uint8)
+    image[:20] = 7  # would deflate to almost nothing at level 1
+    stored, deflated = png_bytes(image, level=0), png_bytes(image, level=1)
+    assert len(stored) > image.size > len(deflated)
 
 
 def test_png_pixels_declines_other_pngs():
@@ -126,3 +146,15 @@ def test_png_pixels_declines_other_pngs():
     data = png_bytes(image)
     assert png_pixels(data[:-40]) is None  # truncated stream
     assert png_pixels(b"GIF89a") is None
+
+
+def test_label_maps_are_deflated_without_zlib_ng_too(tmp_path, monkeypatch):
+    import imagecodecs
+
+    monkeypatch.setattr(imagecodecs, "ZLIBNG", None, raising=False)  # a build without zlib-ng
+    labels = np.zeros((300, 200), np.int32)
+    labels[100:150, 20:90] = 7
+    write_label_map(labels, tmp_path / "l.tif")
+    np.testing.assert_array_equal(read_label_map(tmp_path / "l.tif"), labels)
+    with tifffile.TiffFile(tmp_path / "l.tif") as tif:
+        assert tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE

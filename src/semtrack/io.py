@@ -1220,11 +1220,13 @@ def read_series(
     times_csv: str | Path | None = None,
     t0: datetime | str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    keep_pixels_bytes: int = 0,
 ) -> Series:
     """Read an SEM time series: headers, times, pixel size and info bars of every frame.
 
     Pixels are read only to detect the info bar (when ``crop_bottom_px`` is None);
-    :meth:`Series.image` reads them again when a stage needs them.
+    :meth:`Series.image` reads them again when a stage needs them, unless
+    ``keep_pixels_bytes`` lets the series keep them (:meth:`Series.keep_pixels`).
 
     Exposure times come from the first of: ``times_h``; ``times_csv``; ``t0``
     (each frame's acquisition date-time minus ``t0``); the file names
@@ -1253,6 +1255,9 @@ def read_series(
         times in the metadata; a time zone on ``t0`` is dropped with a warning.
     progress : callable, optional
         Called as ``progress(done, total)`` after each frame.
+    keep_pixels_bytes : int
+        Budget of :meth:`Series.keep_pixels`: the frames decoded here, and later by
+        :meth:`Series.image`, are kept up to this many bytes (0: none).
 
     Returns
     -------
@@ -1315,6 +1320,7 @@ def read_series(
     _check_duplicate_times([files[i] for i in order], [times[i] for i in order])
 
     frames: list[FrameInfo] = []
+    decoded: dict[int, tuple] = {}  # by index in time order: offered to the series once it exists
     total = len(order)
     for done, i in enumerate(order, start=1):
         path, meta = files[i], metas[i]
@@ -1326,7 +1332,14 @@ def read_series(
         elif meta["info_bar_px"] is not None:
             crop = int(meta["info_bar_px"])
         else:
-            crop = detect_info_bar(read_image(path))
+            pixels = read_pixels(path)
+            data, bits, miniswhite, _ = pixels
+            # Plain 8-bit grey pixels are already the levels the detection works on (the float image
+            # rounds back to the same values): no float copy of the frame.
+            plain = data.dtype == np.uint8 and data.ndim == 2 and bits == 8 and not miniswhite
+            crop = detect_info_bar(data if plain else unit_image(*pixels))
+            if pixels[0].nbytes <= keep_pixels_bytes - sum(kept[0].nbytes for kept in decoded.values()):
+                decoded[done - 1] = pixels
         if pixel_size_um is not None:
             size, source_name = float(pixel_size_um), "user"
         else:
@@ -1366,12 +1379,16 @@ def read_series(
         )
     for message in series_warnings:
         logger.info(message)
-    return Series(
+    series = Series(
         frames=frames,
         pixel_size_um=reference.pixel_size_um,
         pixel_size_source=reference.pixel_size_source,
         warnings=series_warnings,
     )
+    series.keep_pixels(keep_pixels_bytes)
+    for index, pixels in decoded.items():
+        series._offer(index, pixels)
+    return series
 
 
 def _parse_t0(t0: datetime | str | None) -> datetime | None:

@@ -297,6 +297,15 @@ def _field_counts(codes: np.ndarray, region: np.ndarray, tile_px: float, k: int)
     row_edges = np.append(np.flatnonzero(np.diff(row_field, prepend=-1)), codes.shape[0])
     col_edges = np.append(np.flatnonzero(np.diff(col_field, prepend=-1)), codes.shape[1])
     counts = np.empty((n_r, n_c, k), dtype=float)
+    if codes.dtype == np.uint8 and np.diff(row_edges).max() * np.diff(col_edges).max() < 2**24:
+        # A histogram of every field: one pass over the map for all codes, twice as fast as the
+        # integral images below. calcHist counts in float32, exact below 2**24 pixels a field.
+        for i in range(n_r):
+            band = codes[row_edges[i] : row_edges[i + 1]]
+            for j in range(n_c):
+                field = band[:, col_edges[j] : col_edges[j + 1]]
+                counts[i, j] = cv2.calcHist([field], [0], None, [256], [0, 256]).reshape(-1)[:k]
+        return counts.reshape(n_r * n_c, k)
     # 32-bit sums are exact below 2**31 pixels and a quarter of the 64-bit integral's cost.
     depth = cv2.CV_32S if codes.size < 2**31 else cv2.CV_64F
     for code in range(k):

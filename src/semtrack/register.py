@@ -405,47 +405,53 @@ def _level_mask(mask: np.ndarray, level: _Level, level_index: int) -> np.ndarray
 # --------------------------------------------------------------------------- sampling
 
 
-def _bilinear(image: np.ndarray, valid: np.ndarray, x: np.ndarray, y: np.ndarray):
-    """Bilinear samples at float coordinates, and whether all four neighbours are valid."""
-    rows, cols = image.shape
+def _cells(shape: tuple[int, int], x: np.ndarray, y: np.ndarray):
+    """Per float coordinate: whether it is inside the image, the clipped coordinates and the flat
+    index of the top-left neighbour of its interpolation cell."""
+    rows, cols = shape
     inside = (x >= 0) & (y >= 0) & (x <= cols - 1) & (y <= rows - 1)
     xc = np.clip(x, 0, cols - 1.000001)
     yc = np.clip(y, 0, rows - 1.000001)
     x0 = xc.astype(np.intp)
     y0 = yc.astype(np.intp)
+    return inside, xc, yc, x0, y0, y0 * cols + x0
+
+
+def _valid_cells(valid: np.ndarray, inside: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Inside and all four neighbours valid (see :func:`_cells`)."""
+    cols = valid.shape[1]
+    vflat = valid.ravel()
+    return inside & vflat[idx] & vflat[idx + 1] & vflat[idx + cols] & vflat[idx + cols + 1]
+
+
+def _bilinear(image: np.ndarray, valid: np.ndarray, x: np.ndarray, y: np.ndarray):
+    """Bilinear samples at float coordinates, and whether all four neighbours are valid."""
+    cols = image.shape[1]
+    inside, xc, yc, x0, y0, idx = _cells(image.shape, x, y)
     fx = (xc - x0).astype(np.float32)
     fy = (yc - y0).astype(np.float32)
     flat = image.ravel()
-    idx = y0 * cols + x0
     a, b = flat[idx], flat[idx + 1]
     c, d = flat[idx + cols], flat[idx + cols + 1]
     top = a + fx * (b - a)
     bottom = c + fx * (d - c)
     values = top + fy * (bottom - top)
-    vflat = valid.ravel()
-    ok = inside & vflat[idx] & vflat[idx + 1] & vflat[idx + cols] & vflat[idx + cols + 1]
-    return values, ok
+    return values, _valid_cells(valid, inside, idx)
 
 
 # --------------------------------------------------------------------------- global search
 
 
-def _masked_ncc(template, tmask, image, imask, min_overlap):
+def _masked_ncc(template, tmask, image, imask, min_overlap, *, spectra: dict | None = None):
     """Masked NCC of ``template`` against ``image`` for every integer shift (Padfield 2012).
 
     Returns the best shift ``(dx, dy)`` such that ``image[y + dy, x + dx] ~ template[y, x]``
-    (template coordinates relative to its own origin), and the peak NCC.
+    (template coordinates relative to its own origin), and the peak NCC. ``spectra`` (a dict
+    kept with the template) keeps the template's transforms for the next image of its size.
     """
     th, tw = template.shape
     ih, iw = image.shape
     shape = (scipy.fft.next_fast_len(th + ih - 1, real=True), scipy.fft.next_fast_len(tw + iw - 1, real=True))
-    f = np.where(tmask, template, 0).astype(np.float64)
-    g = np.where(imask, image, 0).astype(np.float64)
-    # Remove the means first: fewer cancellation errors in the sums below.
-    f[tmask] -= f[tmask].mean()
-    g[imask] -= g[imask].mean()
-    mf = tmask.astype(np.float64)
-    mg = imask.astype(np.float64)
 
     def fft(a):
         return scipy.fft.rfft2(a, shape)
@@ -454,7 +460,18 @@ def _masked_ncc(template, tmask, image, imask, min_overlap):
         # sum_x a(x) b(x + s), s indexed modulo the padded shape
         return scipy.fft.irfft2(np.conj(fa) * fb, shape)
 
-    ff, ff2, fmf = fft(f), fft(f * f), fft(mf)
+    cached = spectra.get(shape) if spectra is not None else None
+    if cached is None:
+        f = np.where(tmask, template, 0).astype(np.float64)
+        # Remove the means first: fewer cancellation errors in the sums below.
+        f[tmask] -= f[tmask].mean()
+        cached = fft(f), fft(f * f), fft(tmask.astype(np.float64)), float(np.abs(f).max())
+        if spectra is not None:
+            spectra[shape] = cached
+    ff, ff2, fmf, f_max = cached
+    g = np.where(imask, image, 0).astype(np.float64)
+    g[imask] -= g[imask].mean()
+    mg = imask.astype(np.float64)
     fg, fg2, fmg = fft(g), fft(g * g), fft(mg)
     n = np.round(corr(fmf, fmg))
     sf = corr(ff, fmg)
@@ -467,7 +484,7 @@ def _masked_ncc(template, tmask, image, imask, min_overlap):
         num = sfg - sf * sg / nn
         den = (sf2 - sf * sf / nn) * (sg2 - sg * sg / nn)
         ncc = num / np.sqrt(np.maximum(den, 0))
-    eps = 1e-6 * max(float(np.abs(f).max()), 1e-12) * max(float(np.abs(g).max()), 1e-12)
+    eps = 1e-6 * max(f_max, 1e-12) * max(float(np.abs(g).max()), 1e-12)
     bad = (n < min_overlap) | ~np.isfinite(ncc) | (den <= eps * eps * np.maximum(n, 1) ** 2)
     ncc[bad] = -np.inf
     # Shifts outside [-(th-1), ih-1] wrap around; they are excluded by the overlap count anyway.
@@ -545,9 +562,9 @@ def _cubic_sampler(moving: _Level, tmpl: _Template, matrix: np.ndarray):
 
     def sample(x, y):
         lx, ly = x - x0, y - y0
-        _, ok = _bilinear(coeffs, valid, lx, ly)
+        inside, *_, idx = _cells(coeffs.shape, lx, ly)
         vals = ndimage.map_coordinates(coeffs, [ly, lx], order=3, prefilter=False, mode="mirror")
-        return vals, ok
+        return vals, _valid_cells(valid, inside, idx)
 
     return sample
 
@@ -702,6 +719,7 @@ class _Reference:
         x0, y0, x1, y1 = self.cbox
         self.ctemplate = coarse.image[y0:y1, x0:x1]
         self.cmask = cm[y0:y1, x0:x1]
+        self.ncc_spectra: dict = {}  # the coarse template's transforms, by padded shape (see _masked_ncc)
 
 
 def _register(ref: _Reference, moving, moving_valid):
@@ -709,7 +727,9 @@ def _register(ref: _Reference, moving, moving_valid):
     levels = _pyramid(moving, moving_valid, ref.n_levels, first=ref.coarse)
     coarse = levels[ref.coarse]
     min_overlap = _MIN_VISIBLE * ref.cmask.sum()
-    (dx, dy), cscore = _masked_ncc(ref.ctemplate, ref.cmask, coarse.image, coarse.valid, min_overlap)
+    (dx, dy), cscore = _masked_ncc(
+        ref.ctemplate, ref.cmask, coarse.image, coarse.valid, min_overlap, spectra=ref.ncc_spectra
+    )
     if not np.isfinite(cscore):
         raise RegistrationError(
             "the marker does not overlap the frame at any shift (less than "
@@ -1159,8 +1179,9 @@ def _frame_source(series, valid_masks):
 
         def get(i):
             img = _as_image(series.image(i), f"frame {i}")
-            valid = _as_mask(series.valid_mask(i), img.shape, f"valid mask of frame {i}") & np.isfinite(img)
-            return _finite(img), valid
+            finite = np.isfinite(img)
+            valid = _as_mask(series.valid_mask(i), img.shape, f"valid mask of frame {i}") & finite
+            return (img if finite.all() else np.nan_to_num(img, copy=False)), valid
 
         return get, len(series), lambda i: series.frames[i].path
     frames = list(series)
@@ -1229,7 +1250,8 @@ def resample(image, matrix, output_shape, *, order: int = 1, fill: float = np.na
     # Exact inside test (OpenCV resolves positions to 1/32 px only): one interval of columns per row.
     half = 0.5 if order == 0 else 0.0
     start, stop = _inside_columns(m, rows, cols, (-half, src.shape[1] - 1 + half), (-half, src.shape[0] - 1 + half))
-    out[np.isnan(out)] = fill
+    if not np.isnan(fill):  # NaN in the frame stays NaN: only another fill needs a pass
+        out[np.isnan(out)] = fill
     for r in np.flatnonzero((start > 0) | (stop < cols)):
         out[r, : start[r]] = fill
         out[r, max(stop[r], start[r]) :] = fill

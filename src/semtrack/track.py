@@ -44,6 +44,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -397,23 +398,24 @@ class Lineage:
     pixel_size_um: float | None = None
 
 
+#: Types of the columns of :attr:`Lineage.events` (the text columns are objects).
+_EVENT_DTYPES: dict[str, Any] = {c: object for c in EVENT_COLUMNS} | {
+    "frame_from": np.int64,
+    "frame_to": np.int64,
+    "time_from_h": float,
+    "time_to_h": float,
+    "x_px": float,
+    "y_px": float,
+    "area_um2": float,
+    "area_before_um2": float,
+    "area_after_um2": float,
+    "touches_border": bool,
+    "reorganisation": bool,
+}
+
+
 def _empty_events() -> pd.DataFrame:
-    df = pd.DataFrame({c: pd.Series(dtype=object) for c in EVENT_COLUMNS})
-    return df.astype(
-        {
-            "frame_from": np.int64,
-            "frame_to": np.int64,
-            "time_from_h": float,
-            "time_to_h": float,
-            "x_px": float,
-            "y_px": float,
-            "area_um2": float,
-            "area_before_um2": float,
-            "area_after_um2": float,
-            "touches_border": bool,
-            "reorganisation": bool,
-        }
-    )
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in EVENT_COLUMNS}).astype(_EVENT_DTYPES)
 
 
 class IslandTracker:
@@ -866,7 +868,7 @@ class IslandTracker:
         rows["time_to_h"] = [cur.time_h] * n
         if n == 0:
             return _empty_events()
-        return pd.DataFrame(rows, columns=list(EVENT_COLUMNS)).astype(_empty_events().dtypes.to_dict())
+        return pd.DataFrame(rows, columns=list(EVENT_COLUMNS)).astype(_EVENT_DTYPES)
 
     def _pixel_changes(self, prev: _Frame, cur: _Frame, persisted_px: int) -> dict:
         a2 = self._scale**2
@@ -1421,9 +1423,10 @@ def event_map(
     pixels = rgb.reshape(-1, 3)
     after_edge = _outline(after)
     pixels[after_edge] = _OUTLINE_RGB
-    ev = events_interval
+    # The events as plain arrays: a few dozen rows, where pandas indexing would cost more than the drawing.
+    kinds = events_interval["event"].to_numpy()
     ids_of = {
-        kind: [i for s in ev.loc[ev["event"] == kind, col] for i in _split_ids(s)]
+        kind: [i for s in events_interval[col].to_numpy()[kinds == kind] for i in _split_ids(s)]
         for kind, col in (
             ("dissolution", "islands_before"),
             ("coalescence", "islands_after"),
@@ -1446,33 +1449,35 @@ def event_map(
         "x": cv2.MARKER_TILTED_CROSS,
         "triangle": cv2.MARKER_TRIANGLE_UP,
     }
-    for row in ev.itertuples(index=False):
-        if row.event not in EVENT_STYLE or not (np.isfinite(row.x_px) and np.isfinite(row.y_px)):
+    xs, ys = events_interval["x_px"].to_numpy(float), events_interval["y_px"].to_numpy(float)
+    for kind, x, y, area in zip(kinds, xs, ys, events_interval["area_um2"].to_numpy()):
+        if kind not in EVENT_STYLE or not (np.isfinite(x) and np.isfinite(y)):
             continue
-        colour, shape = EVENT_STYLE[row.event]
-        centre = (int(round(row.x_px)), int(round(row.y_px)))
-        radius_px = math.sqrt(max(float(row.area_um2), 0.0) / math.pi) / scale
+        colour, shape = EVENT_STYLE[kind]
+        centre = (int(round(x)), int(round(y)))
+        radius_px = math.sqrt(max(float(area), 0.0) / math.pi) / scale
         if shape == "circle":
             cv2.circle(rgb, centre, int(round(1.4 * radius_px + mark / 2)), colour, thick + 1, cv2.LINE_AA)
         else:
             size = int(round(max(2 * radius_px + mark, 2 * mark)))
             cv2.drawMarker(rgb, centre, colour, markers[shape], size, thick + 1, cv2.LINE_AA)
-    _legend(rgb, ev, thick, cv2)
+    _legend(rgb, kinds, xs, ys, thick, cv2)
     return rgb
 
 
-def _legend(rgb: np.ndarray, ev: pd.DataFrame, thick: int, cv2) -> None:
+def _legend(rgb: np.ndarray, kinds: np.ndarray, xs: np.ndarray, ys: np.ndarray, thick: int, cv2) -> None:
+    """Event counts in the corner of ``rgb`` that hides the fewest events (at ``xs``, ``ys``)."""
     font_scale = max(0.35, min(rgb.shape[:2]) / 1400)
     (_, h), _ = cv2.getTextSize("Xg", cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
     step = int(h * 1.9)
-    kinds = list(EVENT_TYPES) + [k for k in REGION_EVENT_TYPES if (ev["event"] == k).any()]
-    lines = [(k, f"{k.replace('_', ' ')}: {int((ev['event'] == k).sum())}") for k in kinds]
+    counts = {k: int(np.count_nonzero(kinds == k)) for k in EVENT_TYPES + REGION_EVENT_TYPES}
+    shown = list(EVENT_TYPES) + [k for k in REGION_EVENT_TYPES if counts[k]]
+    lines = [(k, f"{k.replace('_', ' ')}: {counts[k]}") for k in shown]
     width = max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)[0][0] for _, t in lines)
     bw, bh = width + 3 * step // 2 + 6, step * len(lines) + 6
     H, W = rgb.shape[:2]
     # The corner hiding the fewest events holds the legend.
     corners = [(4, 4), (W - bw - 4, 4), (4, H - bh - 4), (W - bw - 4, H - bh - 4)]
-    xs, ys = ev["x_px"].to_numpy(float), ev["y_px"].to_numpy(float)
     hidden = [
         int(np.sum((xs >= cx - step) & (xs < cx + bw + step) & (ys >= cy - step) & (ys < cy + bh + step)))
         for cx, cy in corners

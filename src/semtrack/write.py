@@ -132,15 +132,54 @@ def write_json(obj: Any, path: str | Path) -> Path:
 def write_label_map(array: np.ndarray, path: str | Path) -> Path:
     """Write a 2-D label map as a deflate-compressed TIFF, atomically."""
     path = Path(path)
+    array = np.asarray(array)
     try:
         with atomic_path(path) as tmp:
-            # Deflate (readable everywhere, Fiji included) at level 2, the fastest for label maps
-            # with libdeflate (level 1 is slower on long zero runs): 2048x1536 phases 0.029 s, int32
-            # islands 0.073 s, against 0.083 / 0.134 s at the default level.
-            tifffile.imwrite(tmp, array, compression="zlib", compressionargs={"level": 2}, photometric="minisblack")
+            strips = _deflated_strips(array)
+            if strips is None:
+                tifffile.imwrite(tmp, array, compression="zlib", compressionargs={"level": 2}, photometric="minisblack")
+            else:
+                rows_per_strip, data = strips
+                tifffile.imwrite(
+                    tmp,
+                    data,
+                    shape=array.shape,
+                    dtype=array.dtype,
+                    compression="zlib",
+                    rowsperstrip=rows_per_strip,
+                    photometric="minisblack",
+                )
     except OSError as exc:
         raise OutputError(f"cannot write label map ({exc.strerror or exc})", path=path) from exc
     return path
+
+
+#: Uncompressed bytes per TIFF strip of a label map.
+_STRIP_BYTES = 1 << 20
+
+
+def _deflated_strips(array: np.ndarray):
+    """(rows per strip, iterator of zlib streams of the strips) of a 2-D label map, or None.
+
+    Deflate (readable everywhere, Fiji included) by zlib-ng at level 2: label maps are long runs,
+    which zlib-ng codes several times faster than libdeflate (tifffile's own encoder): 2048x1536
+    int32 islands in 3 ms instead of 18 ms, phases in 5 ms instead of 8 ms, files within 12 % of
+    the size. None (tifffile then compresses) where zlib-ng is missing or the map is not a
+    non-empty 2-D array.
+    """
+    import imagecodecs
+
+    zlibng = getattr(imagecodecs, "ZLIBNG", None)  # imagecodecs builds may leave a codec out
+    if array.ndim != 2 or array.size == 0 or not getattr(zlibng, "available", False):
+        return None
+    # TIFF strips hold the pixels in the file's byte order, which tifffile makes little-endian.
+    array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    rows_per_strip = max(1, _STRIP_BYTES // array[0].nbytes)
+    strips = (
+        imagecodecs.zlibng_encode(array[r : r + rows_per_strip], level=2)
+        for r in range(0, array.shape[0], rows_per_strip)
+    )
+    return rows_per_strip, strips
 
 
 def read_label_map(path: str | Path) -> np.ndarray:
@@ -148,15 +187,16 @@ def read_label_map(path: str | Path) -> np.ndarray:
     return tifffile.imread(path)
 
 
-def write_png(image: np.ndarray, path: str | Path) -> Path:
+def write_png(image: np.ndarray, path: str | Path, *, level: int = 1) -> Path:
     """Write an 8-bit grey ``(H, W)`` or RGB ``(H, W, 3)`` image as PNG, atomically.
 
     Every row is stored with the PNG "up" filter and deflated by libdeflate at level 1
     (:func:`png_bytes`): on noisy SEM frames that is as small as OpenCV's PNG and, on RGB
-    event maps, half the time and 40 % fewer bytes.
+    event maps, half the time and 40 % fewer bytes. ``level=0`` stores the pixels
+    uncompressed (see :func:`png_bytes`).
     """
     path = Path(path)
-    data = png_bytes(image)
+    data = png_bytes(image, level=level)
     try:
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)
@@ -172,7 +212,9 @@ def png_bytes(image: np.ndarray, *, level: int = 1) -> bytes:
     ----------
     image : ndarray of uint8
     level : int
-        Deflate level, 1 (fastest) to 12 (smallest).
+        Deflate level, 1 (fastest) to 12 (smallest); 0 stores the rows uncompressed and
+        unfiltered: a noisy 2048x1536 SEM frame takes 1 ms instead of 24 ms and 3.1 MB
+        instead of 2.3 MB.
 
     Returns
     -------
@@ -195,12 +237,17 @@ def png_bytes(image: np.ndarray, *, level: int = 1) -> bytes:
     if rows == 0 or cols == 0:
         raise ValueError(f"`image` is empty: shape {image.shape}")
     lines = image.reshape(rows, -1)
-    # Filter type 2 ("up", each byte minus the byte above it) before every row: one pass of
-    # numpy and the best ratio of the five filters on BSE images at deflate level 1.
     filtered = np.empty((rows, lines.shape[1] + 1), np.uint8)
-    filtered[:, 0] = 2
-    filtered[0, 1:] = lines[0]
-    np.subtract(lines[1:], lines[:-1], out=filtered[1:, 1:])
+    if level == 0:
+        # Stored blocks: a filter cannot make them smaller, and readers need not undo one.
+        filtered[:, 0] = 0
+        filtered[:, 1:] = lines
+    else:
+        # Filter type 2 ("up", each byte minus the byte above it) before every row: one pass of
+        # numpy and the best ratio of the five filters on BSE images at deflate level 1.
+        filtered[:, 0] = 2
+        filtered[0, 1:] = lines[0]
+        np.subtract(lines[1:], lines[:-1], out=filtered[1:, 1:])
     colour_type = 0 if image.ndim == 2 else 2
     header = struct.pack(">IIBBBBB", cols, rows, 8, colour_type, 0, 0, 0)
     return b"".join(
@@ -217,7 +264,7 @@ def png_pixels(data: bytes) -> np.ndarray | None:
     """The pixels of a PNG as :func:`png_bytes` writes it, or None for any other PNG.
 
     The inverse of :func:`png_bytes`, for the report reading back previews and event maps:
-    one inflate and one add per row, five to seven times faster than a general PNG decoder
+    one inflate and (unless stored unfiltered) one add per row, five to seven times faster than a general PNG decoder
     on 2048x1536 frames. PNGs of another layout (other bit depths, colour types, filters,
     interlacing) or damaged files give None; decode those with a general reader.
 
@@ -266,6 +313,9 @@ def png_pixels(data: bytes) -> np.ndarray | None:
     if filtered.size != rows * (cols * channels + 1):
         return None
     filtered = filtered.reshape(rows, cols * channels + 1)
+    if not np.any(filtered[:, 0]):  # no row filtered (png_bytes at level 0)
+        lines = filtered[:, 1:].copy()  # writable and contiguous, as below
+        return lines.reshape(rows, cols) if channels == 1 else lines.reshape(rows, cols, 3)
     # png_bytes filters every row with "up" (type 2; on the first row the same as "none").
     if filtered[0, 0] not in (0, 2) or np.any(filtered[1:, 0] != 2):
         return None
