@@ -55,9 +55,7 @@ class _Section(BaseModel):
 
 
 class IOConfig(_Section):
-    pixel_size_um: float | None = Field(
-        None, gt=0, description="Pixel size in µm; overrides any metadata when given."
-    )
+    pixel_size_um: float | None = Field(None, gt=0, description="Pixel size in µm; overrides any metadata when given.")
     crop_bottom_px: int | None = Field(
         None,
         ge=0,
@@ -101,12 +99,8 @@ class SegmentConfig(_Section):
     method: Literal["unsupervised", "classifier"] = Field(
         "unsupervised", description="Unsupervised intensity classes, or a trained pixel classifier."
     )
-    classifier_path: str | None = Field(
-        None, description="Trained pixel classifier file (method='classifier')."
-    )
-    phase_names: tuple[str, ...] = Field(
-        PHASE_NAMES, description="Phase names in code order; the code is the index."
-    )
+    classifier_path: str | None = Field(None, description="Trained pixel classifier file (method='classifier').")
+    phase_names: tuple[str, ...] = Field(PHASE_NAMES, description="Phase names in code order; the code is the index.")
     brightness_order: tuple[str, ...] = Field(
         ("pore", "na3po4", "glass", "nasicon"),
         description="Phase names from darkest to brightest in BSE.",
@@ -140,10 +134,11 @@ class SegmentConfig(_Section):
         3.0, ge=0, description="How much darker than that background (noise SDs) a blob must be."
     )
     film_depth: float = Field(
-        0.1,
+        0.05,
         ge=0,
         description="Thin dark lines in the brightest phase deeper than this fraction of the "
-        "glass-NaSICON contrast become glass (films between touching grains); 0 disables.",
+        "glass-NaSICON contrast (plus 0.1 noise SD) become glass (films between touching grains), "
+        "as wide as their blurred area; 0 disables.",
     )
     film_width_px: float = Field(2.0, gt=0, description="Largest half-width (px) of such a film.")
     min_object_area_um2: float = Field(
@@ -189,9 +184,7 @@ class GrainsConfig(_Section):
 
 
 class TrackConfig(_Section):
-    min_island_area_um2: float = Field(
-        0.1, ge=0, description="Na3PO4 regions smaller than this are not islands."
-    )
+    min_island_area_um2: float = Field(0.1, ge=0, description="Na3PO4 regions smaller than this are not islands.")
     link_tolerance_um: float = Field(
         0.3,
         ge=0,
