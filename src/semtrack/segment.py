@@ -2390,7 +2390,7 @@ class PixelClassifier:
     def _dark_boundaries(self, img: np.ndarray, mask: np.ndarray, proba: np.ndarray, best: np.ndarray) -> np.ndarray:
         """``best`` with the darkest phase's small particles added and its boundaries refined."""
         dark_code = self.phase_names.index(self.brightness_order_[0])
-        filled = np.where(mask, img, np.float32(np.median(img[mask])))
+        filled = np.where(mask, img, np.float32(np.median(img.reshape(-1)[_sample_index(mask)])))
         # light smoothing only: the midway levels are local means already, and particles are ~10 px
         smooth = cv2.GaussianBlur(filled, (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)
         dark = mask & (best == dark_code)
@@ -2408,11 +2408,13 @@ class PixelClassifier:
             )
         if self.refine_boundaries:
             dark = _refine_boundaries(smooth, mask, dark)
+        out = np.where(dark, dark_code, best)
         # pixels that leave the darkest phase take the most probable of the others
-        others = proba.copy()
+        rows, cols = np.nonzero(was_dark & ~dark)
+        others = proba[:, rows, cols]
         others[dark_code] = -1
-        fallback = _argmax_planes(others)[0]
-        return np.where(dark, dark_code, np.where(was_dark, fallback, best))
+        out[rows, cols] = np.argmax(others, axis=0)
+        return out
 
     def save(self, path: str | Path) -> None:
         """Write the trained classifier to ``path`` (a pickle with a format tag and version).
