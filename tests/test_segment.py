@@ -784,27 +784,38 @@ def test_classifier_se_relief_on_shaded_islands(seed, tmp_path):
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_real_super_classifier_se_relief(real_sem):
-    """As test_real_super_classifier, with the enclosure share as a feature (SE relief mode)."""
+    """As test_real_super_classifier, with the enclosure share as a feature (SE relief mode), the
+    tertiary precipitates found by the matched filter and the boundaries refined to the midway level."""
     data = _load_super(real_sem)
     self_iou, cross = {}, {}
-    kw = dict(phase_names=("island", "matrix"), n_estimators=50, normalise="iqr", smoothing_sigma_px=1.0)
+    kw = dict(
+        phase_names=("island", "matrix"),
+        n_estimators=50,
+        normalise="iqr",
+        smoothing_sigma_px=1.0,
+        particle_sigma_px=2.0,
+        refine_boundaries=True,
+    )
     for name, img, truth in data:
         scribbles = simulate_scribbles(np.where(truth, 0, 1), fraction=0.015, seed=0)
         clf = PixelClassifier(**kw, se_relief=True).fit(img, scribbles)
         self_iou[name] = _iou(clf.predict(img) == 0, truth)
         cross[name] = np.mean([_iou(clf.predict(im) == 0, t) for n, im, t in data if n != name])
     for name, value in self_iou.items():
-        # measured 0.949-0.967 on the spot* images; lshr_15kx_3kv_0 0.909 (target 0.92 missed)
-        assert value >= (0.90 if name.startswith("lshr") else 0.94), (name, value)
-    # measured 0.944 averaged over the seven training choices (0.895 without the relief feature)
-    assert np.mean(list(cross.values())) >= 0.93, cross
-    assert min(cross.values()) >= 0.9, cross
-    # other scribbles on lshr_15kx_3kv_0: measured 0.915 and 0.912 (0.792 and 0.855 without)
+        # measured 0.956-0.969 on the spot* images (0.949-0.967 without particles and refinement);
+        # lshr_15kx_3kv_0 0.918 (0.909 without; target 0.92 missed by 0.002)
+        assert value >= (0.91 if name.startswith("lshr") else 0.95), (name, value)
+    # measured 0.949 averaged over the seven training choices, the least 0.932 (0.944 and 0.919
+    # without particles and refinement, 0.895 without the relief feature)
+    assert np.mean(list(cross.values())) >= 0.94, cross
+    assert min(cross.values()) >= 0.92, cross
+    # other scribbles on lshr_15kx_3kv_0: measured 0.922 and 0.920 (0.915 and 0.912 without particles and
+    # refinement, 0.792 and 0.855 without the relief feature)
     name, img, truth = next(d for d in data if d[0].startswith("lshr"))
     for seed in (1, 2):
         scribbles = simulate_scribbles(np.where(truth, 0, 1), fraction=0.015, seed=seed)
         clf = PixelClassifier(**kw, se_relief=True).fit(img, scribbles)
-        assert _iou(clf.predict(img) == 0, truth) >= 0.9, seed
+        assert _iou(clf.predict(img) == 0, truth) >= 0.915, seed
 
 
 # -------------------------------------------------------------------- segment_frame: glass/NaSICON level
@@ -909,3 +920,76 @@ def test_film_step_ignores_noise():
         img += 0.02 * rng.standard_normal(img.shape).astype(np.float32)
         phases = segment_frame(img, model=_GLASS_POOR_MODEL)
         assert int((phases[:, 60:] == 0).sum()) == 0
+
+
+# -------------------------------------------------------------------- classifier: particles and boundary refinement
+
+
+def _disc(shape, centre, radius):
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+
+
+def test_refine_boundaries_moves_an_offset_boundary_to_the_midway_level():
+    """A dark disc (0.3, radius 20 px) in a bright frame (0.7), blurred: a boundary placed 1 px inside or
+    outside the disc returns to the true edge, where the intensity is midway between the two sides; one
+    2 px off moves most of the way (its outer side's mean still includes the blurred edge); the true
+    boundary stays."""
+    from semtrack.segment import _refine_boundaries
+
+    truth = _disc((96, 96), (48, 48), 20)
+    img = cv2.GaussianBlur(np.where(truth, 0.3, 0.7).astype(np.float32), (0, 0), 1.5)
+    mask = np.ones(truth.shape, bool)
+    # measured: 0.962 / 0.975 from 1 px off (0.898 / 0.916 before); 0.927 / 0.929 from 2 px (0.80 / 0.83)
+    for radius, least in ((19, 0.95), (21, 0.95), (18, 0.9), (22, 0.9)):
+        start = _disc(truth.shape, (48, 48), radius)
+        assert _iou(_refine_boundaries(img, mask, start), truth) >= least, radius
+        assert _iou(start, truth) < least - 0.03, radius
+    assert _iou(_refine_boundaries(img, mask, truth), truth) >= 0.99
+    # a region of one phase only has no boundary to move
+    assert not _refine_boundaries(img, mask, np.zeros(truth.shape, bool)).any()
+
+
+def test_dark_particles_found_by_the_matched_filter():
+    """Seven-pixel dark particles (contrast 4 noise sd) in a noisy matrix, the forest leaning towards the
+    dark phase around them (probability 0.3 within 6 px, 0.05 elsewhere): the LoG peaks find every one,
+    grown to about their size, and nothing where the forest rules the dark phase out."""
+    from semtrack.segment import _dark_particles
+
+    shape = (128, 128)
+    centres = [(20 + 28 * i, 20 + 28 * j) for i in range(4) for j in range(4)]
+    truth = np.zeros(shape, bool)
+    for c in centres:
+        truth |= _disc(shape, c, 3.5)
+    near = cv2.dilate(truth.view(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (13, 13))).view(bool)
+    proba = np.where(near, 0.3, 0.05).astype(np.float32)
+    mask = np.ones(shape, bool)
+    none = np.zeros(shape, bool)
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        img = (np.where(truth, 0.5, 0.7) + 0.05 * rng.standard_normal(shape)).astype(np.float32)
+        smooth = cv2.GaussianBlur(img, (0, 0), 1.0)
+        found = _dark_particles(img, smooth, mask, none, proba, 2.0, 3.0, 0.15)
+        for c in centres:
+            assert found[_disc(shape, c, 3.5)].mean() >= 0.5, (seed, c)
+        # measured 0.67-0.69 and no pixel outside the particles (their rims, mixed after the 1 px
+        # smoothing, stay above the midway level)
+        assert _iou(found, truth) >= 0.6, seed
+        assert (found & ~truth).sum() <= 5, seed
+        # inside the dark phase already found nothing is added
+        assert not _dark_particles(img, smooth, mask, truth | found, proba, 2.0, 3.0, 0.15).any()
+    assert not _dark_particles(img, smooth, mask, none, np.full(shape, 0.1, np.float32), 2.0, 3.0, 0.15).any()
+
+
+def test_classifier_particles_and_refinement_are_saved(tmp_path):
+    """The two options round-trip through save/load and are validated."""
+    img, truth = _relief_islands(0)
+    scribbles = simulate_scribbles(np.where(truth, 0, 1), fraction=0.015, seed=0)
+    kw = dict(phase_names=("island", "matrix"), n_estimators=10, se_relief=True)
+    clf = PixelClassifier(**kw, particle_sigma_px=2.0, refine_boundaries=True).fit(img, scribbles)
+    clf.save(tmp_path / "c.semtrack")
+    loaded = PixelClassifier.load(tmp_path / "c.semtrack")
+    assert loaded.particle_sigma_px == 2.0 and loaded.refine_boundaries and loaded.particle_contrast == 3.0
+    np.testing.assert_array_equal(loaded.predict(img), clf.predict(img))
+    with pytest.raises(ValueError, match="particle_sigma_px"):
+        PixelClassifier(particle_sigma_px=-1.0)
