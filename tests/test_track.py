@@ -553,6 +553,20 @@ def test_event_map_indexed_draws_the_known_events_in_palette_colours():
     assert not np.any(indices[305:315, 305:315] == green)
 
 
+@pytest.mark.parametrize("shape", [(50, 37), (1, 9), (9, 1), (1, 1), (0, 4)])
+def test_outline_is_the_island_pixels_with_a_differing_4_neighbour(shape):
+    from semtrack.track import _outline
+
+    labels = np.random.default_rng(8).integers(0, 3, shape).astype(np.int32)
+    padded = np.pad(labels, 1, constant_values=-1)  # outside the frame is no neighbour: never differs
+    centre = padded[1:-1, 1:-1]
+    differs = np.zeros(shape, bool)
+    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        neighbour = padded[1 + dy : padded.shape[0] - 1 + dy, 1 + dx : padded.shape[1] - 1 + dx]
+        differs |= (neighbour != centre) & (neighbour != -1)
+    np.testing.assert_array_equal(_outline(labels), np.flatnonzero(differs & (labels > 0)))
+
+
 def test_event_map_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="same shape"):
         event_map(np.zeros((10, 10)), blank((10, 10)), blank((11, 10)), link_islands([blank()], [0])[0].events)

@@ -1369,18 +1369,21 @@ def _to_grey(image: np.ndarray) -> np.ndarray:
 
 def _outline(labels: np.ndarray) -> np.ndarray:
     """Flat indices of the pixels of an island that 4-touch another label or background."""
-    lab = labels
-    edge = np.zeros(lab.shape, bool)
-    # Each comparison serves both pixels of a pair.
-    vertical = lab[:-1] != lab[1:]
-    edge[:-1] |= vertical
-    edge[1:] |= vertical
-    del vertical
-    horizontal = lab[:, :-1] != lab[:, 1:]
-    edge[:, :-1] |= horizontal
-    edge[:, 1:] |= horizontal
-    del horizontal
-    edge &= lab > 0
+    # Along the flat raster every pass is contiguous (a third faster than comparing column
+    # slices); each comparison serves both pixels of a pair.
+    cols = labels.shape[1]
+    flat = labels.ravel()
+    edge = np.zeros(flat.size, bool)
+    step = flat[1:] != flat[:-1]
+    step[cols - 1 :: cols] = False  # a row's last pixel and the next row's first are not neighbours
+    edge[:-1] |= step
+    edge[1:] |= step
+    del step
+    step = flat[cols:] != flat[:-cols]
+    edge[:-cols] |= step
+    edge[cols:] |= step
+    del step
+    edge &= flat > 0
     return np.flatnonzero(edge)
 
 
