@@ -217,8 +217,9 @@ def png_bytes(image: np.ndarray, *, level: int = 1, palette: np.ndarray | None =
         instead of 2.3 MB.
     palette : (N, 3) ndarray of uint8, optional
         RGB colours, 1 <= N <= 256: the file is a palette PNG (colour type 3) and ``image``,
-        ``(H, W)``, holds indices below N. One byte per pixel: a 2048x1536 event map in a
-        third of the time and bytes of its RGB image.
+        ``(H, W)``, holds indices below N. One byte per pixel: a 2048x1536 event map takes
+        ~22 ms and ~2.0 MB at level 1 where its RGB image takes ~39 ms and ~3.6 MB (stored:
+        ~4 ms and 3.1 MB).
 
     Returns
     -------
