@@ -585,7 +585,7 @@ def _frame_task(path_index: int, series: Series, registration, region, phase_mod
 #: report reads them back faster too.
 _PREVIEW_LEVEL = 0
 #: Deflate level of the event maps, stored as palette PNGs (one byte per pixel): 0 stores them
-#: uncompressed. A 2048x1536 map then takes 1 ms and 3.1 MB; level 1 takes ~22 ms and ~2.1 MB
+#: uncompressed. A 2048x1536 map then takes ~4 ms and 3.1 MB; level 1 takes ~22 ms and ~2.0 MB
 #: (the RGB maps before took ~38 ms and 3.2-3.6 MB), most of it coding the noisy frame under the marks.
 _EVENT_MAP_LEVEL = 0
 
