@@ -694,3 +694,19 @@ def test_large_event_maps_are_embedded_reduced(tmp_path):
     assert on_ring[2] > 200 and on_ring[0] < 60
     assert np.abs(small[centre[0], centre[1]].astype(int) - 90).max() < 10
     assert _thumbnail_jpeg(tmp_path / "missing.png") is None
+
+
+def test_palette_event_maps_are_read_as_rgb(tmp_path):
+    from semtrack.report import _read_png, _thumbnail_jpeg
+    from semtrack.write import write_png
+
+    palette = np.array([[90, 90, 90], [255, 40, 40]], np.uint8)
+    indices = np.zeros((2000, 3000), np.uint8)
+    cv2.circle(indices, (1500, 1000), 300, 1, 40)  # a red ring in the middle
+    path = write_png(indices, tmp_path / "events_000_001.png", palette=palette)
+    np.testing.assert_array_equal(_read_png(path, colour=True), palette[indices])
+    small = cv2.imdecode(np.frombuffer(_thumbnail_jpeg(path), np.uint8), cv2.IMREAD_COLOR)  # BGR
+    centre = np.array(small.shape[:2]) // 2
+    on_ring = small[centre[0], centre[1] + round(300 * small.shape[1] / 3000)]
+    assert on_ring[2] > 200 and on_ring[0] < 60
+    assert np.abs(small[centre[0], centre[1]].astype(int) - 90).max() < 10

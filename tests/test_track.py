@@ -15,6 +15,7 @@ from semtrack.track import (
     IslandTracker,
     area_balance,
     event_map,
+    event_map_indexed,
     fit_kinetics,
     frame_statistics,
     interval_statistics,
@@ -501,6 +502,69 @@ def test_event_map_marks_each_event_type_in_its_colour():
     plain = event_map(np.full((300, 300), 0.5), maps[0], maps[0], lineage.events.iloc[:0])
     plain_red = (plain[..., 0] > 200) & (plain[..., 1] < 80)
     assert not plain_red[75:225, 75:225].any()  # no events: no marks (the legend sits in a corner)
+
+
+def test_event_map_indexed_draws_the_known_events_in_palette_colours():
+    from semtrack.track import _outline
+
+    # Island 1 dissolves, 2 and 3 coalesce, 4 splits in two, and one island forms; all far from the legend.
+    a = box(blank((400, 400)), 150, 170, 60, 80, 1)
+    a = box(box(a, 150, 170, 150, 170, 2), 150, 170, 175, 195, 3)
+    a = box(a, 250, 270, 100, 160, 4)
+    b = box(box(blank((400, 400)), 150, 170, 150, 195, 5), 250, 270, 100, 125, 6)
+    b = box(box(b, 250, 270, 135, 160, 7), 300, 320, 300, 320, 8)
+    lineage, maps = link_islands([a, b], [0, 1])
+    assert sorted(lineage.events["event"]) == ["coalescence", "dissolution", "formation", "split"]
+    image = np.random.default_rng(7).integers(0, 256, (400, 400)).astype(np.uint8)
+    indices, palette = event_map_indexed(image, maps[0], maps[1], lineage.events)
+    assert indices.shape == (400, 400) and indices.dtype == np.uint8 and palette.shape == (256, 3)
+    # The RGB map is the palette's colours, pixel for pixel.
+    rgb = event_map(image, maps[0], maps[1], lineage.events)
+    np.testing.assert_array_equal(rgb, palette[indices])
+    colour = {tuple(int(v) for v in c): i for i, c in enumerate(palette) if len(set(c)) > 1}
+    cyan, red = colour[(0, 220, 255)], colour[(255, 40, 40)]
+    green, magenta, amber = colour[(40, 220, 40)], colour[(255, 60, 255)], colour[(255, 200, 0)]
+    # The frame is grey (within one level of 255) except where outlines, marks and the legend are drawn.
+    greys = indices < 244
+    far = np.ones((400, 400), bool)
+    far[:120] = False  # the legend's corner
+    assert np.all(np.abs(palette[indices[greys & far], 0].astype(int) - image[greys & far]) <= 1)
+    assert np.all(palette[:244, 0] == palette[:244, 1]) and np.all(np.diff(palette[:244, 0].astype(int)) > 0)
+    # Outlines: exactly the islands' 4-connected boundaries, in each kind's colour (marks may cover a few pixels).
+    after_edge, before_edge = _outline(maps[1]), _outline(maps[0])
+    ids_after = maps[1].ravel()
+    outline = {
+        cyan: after_edge[ids_after[after_edge] == maps[1][310, 310]],
+        magenta: after_edge[ids_after[after_edge] == maps[1][160, 170]],
+        amber: after_edge[np.isin(ids_after[after_edge], [maps[1][260, 110], maps[1][260, 150]])],
+        red: before_edge[maps[0].ravel()[before_edge] == maps[0][160, 70]],
+    }
+    flat = indices.ravel()
+    marks = {red, green, magenta, amber}
+    for index, where in outline.items():
+        assert np.mean(flat[where] == index) > 0.6
+        assert np.all(np.isin(flat[where], [index, *marks]))
+    # No outline colour off the outlines: the cyan ones are the formed island's only.
+    np.testing.assert_array_equal(np.flatnonzero(flat == cyan), np.sort(outline[cyan][flat[outline[cyan]] == cyan]))
+    # Marks: a red ring around the dissolved island, none inside it; a green square around the new one.
+    assert np.count_nonzero(indices[130:190, 40:100] == red) > len(outline[red])
+    assert not np.any(indices[155:165, 65:75] == red)
+    assert np.count_nonzero(indices[290:330, 290:330] == green) > 40
+    assert not np.any(indices[305:315, 305:315] == green)
+
+
+@pytest.mark.parametrize("shape", [(50, 37), (1, 9), (9, 1), (1, 1), (0, 4)])
+def test_outline_is_the_island_pixels_with_a_differing_4_neighbour(shape):
+    from semtrack.track import _outline
+
+    labels = np.random.default_rng(8).integers(0, 3, shape).astype(np.int32)
+    padded = np.pad(labels, 1, constant_values=-1)  # outside the frame is no neighbour: never differs
+    centre = padded[1:-1, 1:-1]
+    differs = np.zeros(shape, bool)
+    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        neighbour = padded[1 + dy : padded.shape[0] - 1 + dy, 1 + dx : padded.shape[1] - 1 + dx]
+        differs |= (neighbour != centre) & (neighbour != -1)
+    np.testing.assert_array_equal(_outline(labels), np.flatnonzero(differs & (labels > 0)))
 
 
 def test_event_map_rejects_mismatched_shapes():

@@ -158,3 +158,52 @@ def test_label_maps_are_deflated_without_zlib_ng_too(tmp_path, monkeypatch):
     np.testing.assert_array_equal(read_label_map(tmp_path / "l.tif"), labels)
     with tifffile.TiffFile(tmp_path / "l.tif") as tif:
         assert tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+
+
+@pytest.mark.parametrize("level", [1, 0])
+@pytest.mark.parametrize("n_colours", [256, 5, 1])
+def test_palette_png_round_trips_as_rgb_through_every_reader(tmp_path, level, n_colours):
+    import cv2
+    import imageio.v3 as iio
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    palette = rng.integers(0, 256, (n_colours, 3)).astype(np.uint8)
+    indices = rng.integers(0, n_colours, (37, 53)).astype(np.uint8)
+    indices[:18] = n_colours - 1  # flat rows and noisy rows
+    expected = palette[indices]
+    path = write_png(indices, tmp_path / "p.png", level=level, palette=palette)
+    data = path.read_bytes()
+    assert data[25] == 3  # IHDR colour type: palette
+    back = png_pixels(data)
+    assert back.dtype == np.uint8 and back.flags.writeable
+    np.testing.assert_array_equal(back, expected)
+    with Image.open(path) as image:
+        assert image.mode == "P"
+        np.testing.assert_array_equal(np.asarray(image), indices)
+        np.testing.assert_array_equal(np.asarray(image.convert("RGB")), expected)
+    np.testing.assert_array_equal(cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), expected)
+    np.testing.assert_array_equal(iio.imread(path, mode="RGB"), expected)
+
+
+def test_palette_png_is_a_third_of_the_rgb_png():
+    rng = np.random.default_rng(6)
+    palette = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    indices = rng.integers(0, 256, (64, 64)).astype(np.uint8)
+    stored_rgb, stored = png_bytes(palette[indices], level=0), png_bytes(indices, level=0, palette=palette)
+    assert len(stored) - 3 * 256 < len(stored_rgb) / 2.9
+
+
+@pytest.mark.parametrize(
+    "image, palette",
+    [
+        (np.full((4, 4), 3, np.uint8), np.zeros((3, 3), np.uint8)),  # index past the palette
+        (np.zeros((4, 4, 3), np.uint8), np.zeros((3, 3), np.uint8)),  # palette images are (H, W)
+        (np.zeros((4, 4), np.uint8), np.zeros((3, 4), np.uint8)),  # not RGB
+        (np.zeros((4, 4), np.uint8), np.zeros((257, 3), np.uint8)),  # too many colours
+        (np.zeros((4, 4), np.uint8), np.zeros((3, 3), np.int32)),
+    ],
+)
+def test_palette_png_rejects_what_it_cannot_store(image, palette):
+    with pytest.raises(ValueError, match="palette"):
+        png_bytes(image, palette=palette)

@@ -69,6 +69,7 @@ __all__ = [
     "size_distribution",
     "fit_kinetics",
     "event_map",
+    "event_map_indexed",
     "to_napari_tracks",
     "write_geff",
     "score_events",
@@ -1315,11 +1316,42 @@ EVENT_STYLE: dict[str, tuple[tuple[int, int, int], str]] = {
     "left_region": ((160, 160, 160), "triangle"),
 }
 _OUTLINE_RGB = (0, 220, 255)
+#: The legend's box scales what lies under it by this, keeping the image faintly visible.
+_LEGEND_SHADE = 0.35
 
 
-def _to_rgb(image: np.ndarray) -> np.ndarray:
-    import cv2
+def _event_palette() -> tuple[np.ndarray, dict[tuple[int, int, int], int], np.ndarray, np.ndarray]:
+    """The 256-colour palette of event maps: grey levels, then the overlay colours, then those darkened.
 
+    Returns
+    -------
+    palette : (256, 3) ndarray of uint8
+    colour_index : dict
+        Palette index of each overlay colour (outline and event colours).
+    grey_index : (256,) ndarray of uint8
+        Palette index of each 8-bit grey value (the nearest grey level).
+    darken : (256,) ndarray of uint8
+        Palette index of each entry under the legend's box.
+    """
+    colours = [_OUTLINE_RGB, *dict.fromkeys(colour for colour, _ in EVENT_STYLE.values())]
+    dark = [tuple(int(v * _LEGEND_SHADE) for v in colour) for colour in colours]
+    n_greys = 256 - 2 * len(colours)  # 244: grey values move by at most one level of 255
+    greys = np.round(np.arange(n_greys) * (255 / (n_greys - 1))).astype(np.uint8)
+    palette = np.vstack([np.repeat(greys[:, None], 3, axis=1), colours, dark]).astype(np.uint8)
+    grey_index = np.round(np.arange(256) * ((n_greys - 1) / 255)).astype(np.uint8)
+    darken = np.arange(256, dtype=np.uint8)  # the darkened colours occur only under the box
+    darken[:n_greys] = grey_index[(greys * _LEGEND_SHADE).astype(np.uint8)]
+    darken[n_greys : n_greys + len(colours)] = np.arange(n_greys + len(colours), 256)
+    colour_index = {colour: n_greys + i for i, colour in enumerate(colours)}
+    return palette, colour_index, grey_index, darken
+
+
+_PALETTE, _COLOUR_INDEX, _GREY_INDEX, _DARKEN = _event_palette()
+_WHITE_INDEX = int(_GREY_INDEX[255])
+
+
+def _to_grey(image: np.ndarray) -> np.ndarray:
+    """``image`` as 8-bit grey: RGB averaged, floats in [0, 1] and integers over their range scaled."""
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[2] == 3:
         grey = image.mean(axis=2)
@@ -1332,23 +1364,26 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
             grey = grey / float(np.iinfo(image.dtype).max)
         grey = np.clip(np.nan_to_num(np.asarray(grey, dtype=np.float32)), 0, 1)
         grey = (grey * 255 + 0.5).astype(np.uint8)
-    return cv2.cvtColor(np.ascontiguousarray(grey), cv2.COLOR_GRAY2RGB)
+    return np.ascontiguousarray(grey)
 
 
 def _outline(labels: np.ndarray) -> np.ndarray:
     """Flat indices of the pixels of an island that 4-touch another label or background."""
-    lab = labels
-    edge = np.zeros(lab.shape, bool)
-    # Each comparison serves both pixels of a pair.
-    vertical = lab[:-1] != lab[1:]
-    edge[:-1] |= vertical
-    edge[1:] |= vertical
-    del vertical
-    horizontal = lab[:, :-1] != lab[:, 1:]
-    edge[:, :-1] |= horizontal
-    edge[:, 1:] |= horizontal
-    del horizontal
-    edge &= lab > 0
+    # Along the flat raster every pass is contiguous (a third faster than comparing column
+    # slices); each comparison serves both pixels of a pair.
+    cols = labels.shape[1]
+    flat = labels.ravel()
+    edge = np.zeros(flat.size, bool)
+    step = flat[1:] != flat[:-1]
+    step[cols - 1 :: cols] = False  # a row's last pixel and the next row's first are not neighbours
+    edge[:-1] |= step
+    edge[1:] |= step
+    del step
+    step = flat[cols:] != flat[:-cols]
+    edge[:-cols] |= step
+    edge[cols:] |= step
+    del step
+    edge &= flat > 0
     return np.flatnonzero(edge)
 
 
@@ -1376,6 +1411,10 @@ def event_map(
     left or entered the observed region a grey triangle. A legend with the counts
     sits in the top-left corner.
 
+    The map is drawn in 256 colours (:func:`event_map_indexed`, which the pipeline
+    stores as a palette PNG): the grey frame takes 244 levels (each 8-bit value
+    moves by at most one), and marks and legend are drawn without anti-aliasing.
+
     Parameters
     ----------
     image : (rows, cols) ndarray
@@ -1401,28 +1440,65 @@ def event_map(
     >>> rgb.shape, rgb.dtype
     ((64, 64, 3), dtype('uint8'))
     """
+    from .write import _expand_palette
+
+    indices, palette = event_map_indexed(
+        image, island_labels_before, island_labels_after, events_interval, pixel_size_um=pixel_size_um
+    )
+    return _expand_palette(indices, palette)
+
+
+def event_map_indexed(
+    image: np.ndarray,
+    island_labels_before: np.ndarray,
+    island_labels_after: np.ndarray,
+    events_interval: pd.DataFrame,
+    *,
+    pixel_size_um: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`event_map` as palette indices: one byte per pixel, a third of the RGB map to store.
+
+    Parameters are those of :func:`event_map`.
+
+    Returns
+    -------
+    indices : (rows, cols) ndarray of uint8
+        Palette index of every pixel.
+    palette : (256, 3) ndarray of uint8
+        RGB colour of every index: ``palette[indices]`` is :func:`event_map`'s image. The
+        first 244 entries are grey levels in increasing order.
+
+    Examples
+    --------
+    >>> a = np.zeros((64, 64), np.int32); a[10:20, 10:20] = 1
+    >>> lineage, maps = link_islands([a, np.zeros_like(a)], [0, 1])
+    >>> indices, palette = event_map_indexed(np.full((64, 64), 0.5), maps[0], maps[1], lineage.events)
+    >>> indices.shape, indices.dtype, palette.shape
+    ((64, 64), dtype('uint8'), (256, 3))
+    """
     import cv2
 
     before = _check_label_image(island_labels_before, "island_labels_before")
     after = _check_label_image(island_labels_after, "island_labels_after")
-    rgb = _to_rgb(image)
-    if before.shape != rgb.shape[:2] or after.shape != rgb.shape[:2]:
+    grey = _to_grey(image)
+    if before.shape != grey.shape or after.shape != grey.shape:
         raise ValueError(
-            f"`image` {rgb.shape[:2]}, `island_labels_before` {before.shape} and "
+            f"`image` {grey.shape}, `island_labels_before` {before.shape} and "
             f"`island_labels_after` {after.shape} must have the same shape"
         )
     missing = {"event", "x_px", "y_px", "islands_before", "islands_after", "area_um2"} - set(events_interval.columns)
     if missing:
         raise ValueError(f"`events_interval` lacks columns {sorted(missing)}; pass rows of Lineage.events")
+    indices = cv2.LUT(grey, _GREY_INDEX)
     scale = _length_scale(pixel_size_um)
-    side = min(rgb.shape[:2])
+    side = min(indices.shape)
     thick = max(1, int(round(side / 600)))
     mark = max(5, int(round(side / 90)))
 
     # Outlines are a small part of the frame: they are drawn through their flat indices.
-    pixels = rgb.reshape(-1, 3)
+    pixels = indices.reshape(-1)
     after_edge = _outline(after)
-    pixels[after_edge] = _OUTLINE_RGB
+    pixels[after_edge] = _COLOUR_INDEX[_OUTLINE_RGB]
     # The events as plain arrays: a few dozen rows, where pandas indexing would cost more than the drawing.
     kinds = events_interval["event"].to_numpy()
     ids_of = {
@@ -1438,36 +1514,43 @@ def event_map(
     if ids_of["dissolution"]:
         before_edge = _outline(before)
         dissolved = _member(before.ravel()[before_edge], ids_of["dissolution"])
-        pixels[before_edge[dissolved]] = EVENT_STYLE["dissolution"][0]
+        pixels[before_edge[dissolved]] = _COLOUR_INDEX[EVENT_STYLE["dissolution"][0]]
     for kind in ("coalescence", "split"):
         if ids_of[kind]:
-            pixels[after_edge[_member(after.ravel()[after_edge], ids_of[kind])]] = EVENT_STYLE[kind][0]
+            pixels[after_edge[_member(after.ravel()[after_edge], ids_of[kind])]] = _COLOUR_INDEX[EVENT_STYLE[kind][0]]
 
-    markers = {
-        "square": cv2.MARKER_SQUARE,
-        "diamond": cv2.MARKER_DIAMOND,
-        "x": cv2.MARKER_TILTED_CROSS,
-        "triangle": cv2.MARKER_TRIANGLE_UP,
-    }
+    markers = _markers(cv2)
+    # Marks are drawn without anti-aliasing: blending palette indices would give unrelated colours.
     xs, ys = events_interval["x_px"].to_numpy(float), events_interval["y_px"].to_numpy(float)
     for kind, x, y, area in zip(kinds, xs, ys, events_interval["area_um2"].to_numpy()):
         if kind not in EVENT_STYLE or not (np.isfinite(x) and np.isfinite(y)):
             continue
         colour, shape = EVENT_STYLE[kind]
+        index = _COLOUR_INDEX[colour]
         centre = (int(round(x)), int(round(y)))
         radius_px = math.sqrt(max(float(area), 0.0) / math.pi) / scale
         if shape == "circle":
-            cv2.circle(rgb, centre, int(round(1.4 * radius_px + mark / 2)), colour, thick + 1, cv2.LINE_AA)
+            cv2.circle(indices, centre, int(round(1.4 * radius_px + mark / 2)), index, thick + 1, cv2.LINE_8)
         else:
             size = int(round(max(2 * radius_px + mark, 2 * mark)))
-            cv2.drawMarker(rgb, centre, colour, markers[shape], size, thick + 1, cv2.LINE_AA)
-    _legend(rgb, kinds, xs, ys, thick, cv2)
-    return rgb
+            cv2.drawMarker(indices, centre, index, markers[shape], size, thick + 1, cv2.LINE_8)
+    _legend(indices, kinds, xs, ys, thick, cv2)
+    return indices, _PALETTE.copy()
 
 
-def _legend(rgb: np.ndarray, kinds: np.ndarray, xs: np.ndarray, ys: np.ndarray, thick: int, cv2) -> None:
-    """Event counts in the corner of ``rgb`` that hides the fewest events (at ``xs``, ``ys``)."""
-    font_scale = max(0.35, min(rgb.shape[:2]) / 1400)
+def _markers(cv2) -> dict[str, int]:
+    """The cv2 marker of each marker shape of :data:`EVENT_STYLE` (circles are drawn as circles)."""
+    return {
+        "square": cv2.MARKER_SQUARE,
+        "diamond": cv2.MARKER_DIAMOND,
+        "x": cv2.MARKER_TILTED_CROSS,
+        "triangle": cv2.MARKER_TRIANGLE_UP,
+    }
+
+
+def _legend(indices: np.ndarray, kinds: np.ndarray, xs: np.ndarray, ys: np.ndarray, thick: int, cv2) -> None:
+    """Event counts in the corner of the palette-index image that hides the fewest events (at ``xs``, ``ys``)."""
+    font_scale = max(0.35, min(indices.shape[:2]) / 1400)
     (_, h), _ = cv2.getTextSize("Xg", cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
     step = int(h * 1.9)
     counts = {k: int(np.count_nonzero(kinds == k)) for k in EVENT_TYPES + REGION_EVENT_TYPES}
@@ -1475,7 +1558,7 @@ def _legend(rgb: np.ndarray, kinds: np.ndarray, xs: np.ndarray, ys: np.ndarray, 
     lines = [(k, f"{k.replace('_', ' ')}: {counts[k]}") for k in shown]
     width = max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)[0][0] for _, t in lines)
     bw, bh = width + 3 * step // 2 + 6, step * len(lines) + 6
-    H, W = rgb.shape[:2]
+    H, W = indices.shape[:2]
     # The corner hiding the fewest events holds the legend.
     corners = [(4, 4), (W - bw - 4, 4), (4, H - bh - 4), (W - bw - 4, H - bh - 4)]
     hidden = [
@@ -1484,31 +1567,27 @@ def _legend(rgb: np.ndarray, kinds: np.ndarray, xs: np.ndarray, ys: np.ndarray, 
     ]
     x0, y0 = (max(v, 0) for v in corners[int(np.argmin(hidden))])
     box = (x0 + bw, y0 + bh)
-    sub = rgb[y0 : box[1], x0 : box[0]]
-    sub[:] = (sub * 0.35).astype(np.uint8)  # darken, keep the image faintly visible
-    markers = {
-        "square": cv2.MARKER_SQUARE,
-        "diamond": cv2.MARKER_DIAMOND,
-        "x": cv2.MARKER_TILTED_CROSS,
-        "triangle": cv2.MARKER_TRIANGLE_UP,
-    }
+    sub = indices[y0 : box[1], x0 : box[0]]
+    sub[:] = _DARKEN[sub]
+    markers = _markers(cv2)
     for i, (kind, text) in enumerate(lines):
         colour, shape = EVENT_STYLE[kind]
+        index = _COLOUR_INDEX[colour]
         cy = y0 + 3 + step * i + step // 2
         cx = x0 + 3 + step // 2
         if shape == "circle":
-            cv2.circle(rgb, (cx, cy), max(2, step // 3), colour, thick, cv2.LINE_AA)
+            cv2.circle(indices, (cx, cy), max(2, step // 3), index, thick, cv2.LINE_8)
         else:
-            cv2.drawMarker(rgb, (cx, cy), colour, markers[shape], max(4, 2 * step // 3), thick, cv2.LINE_AA)
+            cv2.drawMarker(indices, (cx, cy), index, markers[shape], max(4, 2 * step // 3), thick, cv2.LINE_8)
         cv2.putText(
-            rgb,
+            indices,
             text,
             (cx + step // 2 + 4, cy + h // 2),
             cv2.FONT_HERSHEY_SIMPLEX,
             font_scale,
-            (255, 255, 255),
+            _WHITE_INDEX,
             1,
-            cv2.LINE_AA,
+            cv2.LINE_8,
         )
 
 

@@ -187,16 +187,16 @@ def read_label_map(path: str | Path) -> np.ndarray:
     return tifffile.imread(path)
 
 
-def write_png(image: np.ndarray, path: str | Path, *, level: int = 1) -> Path:
+def write_png(image: np.ndarray, path: str | Path, *, level: int = 1, palette: np.ndarray | None = None) -> Path:
     """Write an 8-bit grey ``(H, W)`` or RGB ``(H, W, 3)`` image as PNG, atomically.
 
     Every row is stored with the PNG "up" filter and deflated by libdeflate at level 1
     (:func:`png_bytes`): on noisy SEM frames that is as small as OpenCV's PNG and, on RGB
     event maps, half the time and 40 % fewer bytes. ``level=0`` stores the pixels
-    uncompressed (see :func:`png_bytes`).
+    uncompressed; with ``palette`` the ``(H, W)`` image holds palette indices (see :func:`png_bytes`).
     """
     path = Path(path)
-    data = png_bytes(image, level=level)
+    data = png_bytes(image, level=level, palette=palette)
     try:
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)
@@ -205,8 +205,8 @@ def write_png(image: np.ndarray, path: str | Path, *, level: int = 1) -> Path:
     return path
 
 
-def png_bytes(image: np.ndarray, *, level: int = 1) -> bytes:
-    """PNG file bytes of an 8-bit grey ``(H, W)`` or RGB ``(H, W, 3)`` image.
+def png_bytes(image: np.ndarray, *, level: int = 1, palette: np.ndarray | None = None) -> bytes:
+    """PNG file bytes of an 8-bit grey ``(H, W)`` or RGB ``(H, W, 3)`` image, or of a palette image.
 
     Parameters
     ----------
@@ -215,6 +215,11 @@ def png_bytes(image: np.ndarray, *, level: int = 1) -> bytes:
         Deflate level, 1 (fastest) to 12 (smallest); 0 stores the rows uncompressed and
         unfiltered: a noisy 2048x1536 SEM frame takes 1 ms instead of 24 ms and 3.1 MB
         instead of 2.3 MB.
+    palette : (N, 3) ndarray of uint8, optional
+        RGB colours, 1 <= N <= 256: the file is a palette PNG (colour type 3) and ``image``,
+        ``(H, W)``, holds indices below N. One byte per pixel: a 2048x1536 event map takes
+        ~22 ms and ~2.0 MB at level 1 where its RGB image takes ~39 ms and ~3.6 MB (stored:
+        ~4 ms and 3.1 MB).
 
     Returns
     -------
@@ -236,6 +241,14 @@ def png_bytes(image: np.ndarray, *, level: int = 1) -> bytes:
     rows, cols = image.shape[:2]
     if rows == 0 or cols == 0:
         raise ValueError(f"`image` is empty: shape {image.shape}")
+    chunks = []
+    if palette is not None:
+        palette = np.asarray(palette)
+        if palette.dtype != np.uint8 or palette.ndim != 2 or palette.shape[1] != 3 or not 1 <= len(palette) <= 256:
+            raise ValueError(f"`palette` must be uint8 (N, 3) with 1 <= N <= 256, got {palette.dtype} {palette.shape}")
+        if image.ndim != 2 or int(image.max()) >= len(palette):
+            raise ValueError(f"a palette `image` must be (H, W) with indices below {len(palette)}")
+        chunks.append(_png_chunk(b"PLTE", np.ascontiguousarray(palette).tobytes()))
     lines = image.reshape(rows, -1)
     filtered = np.empty((rows, lines.shape[1] + 1), np.uint8)
     if level == 0:
@@ -248,12 +261,13 @@ def png_bytes(image: np.ndarray, *, level: int = 1) -> bytes:
         filtered[:, 0] = 2
         filtered[0, 1:] = lines[0]
         np.subtract(lines[1:], lines[:-1], out=filtered[1:, 1:])
-    colour_type = 0 if image.ndim == 2 else 2
+    colour_type = 3 if palette is not None else 0 if image.ndim == 2 else 2
     header = struct.pack(">IIBBBBB", cols, rows, 8, colour_type, 0, 0, 0)
     return b"".join(
         (
             _PNG_SIGNATURE,
             _png_chunk(b"IHDR", header),
+            *chunks,
             _png_chunk(b"IDAT", imagecodecs.deflate_encode(filtered, level=level)),
             _png_chunk(b"IEND", b""),
         )
@@ -265,8 +279,8 @@ def png_pixels(data: bytes) -> np.ndarray | None:
 
     The inverse of :func:`png_bytes`, for the report reading back previews and event maps:
     one inflate and (unless stored unfiltered) one add per row, five to seven times faster than a general PNG decoder
-    on 2048x1536 frames. PNGs of another layout (other bit depths, colour types, filters,
-    interlacing) or damaged files give None; decode those with a general reader.
+    on 2048x1536 frames. Palette PNGs are expanded to RGB. PNGs of another layout (other bit depths,
+    colour types, filters, interlacing) or damaged files give None; decode those with a general reader.
 
     Parameters
     ----------
@@ -276,7 +290,7 @@ def png_pixels(data: bytes) -> np.ndarray | None:
     Returns
     -------
     ndarray of uint8, shape (H, W) or (H, W, 3), or None
-        Grey or RGB pixels.
+        Grey or RGB pixels (RGB for palette PNGs).
 
     Examples
     --------
@@ -288,13 +302,15 @@ def png_pixels(data: bytes) -> np.ndarray | None:
 
     if not data.startswith(_PNG_SIGNATURE):
         return None
-    header, idat, pos = None, [], len(_PNG_SIGNATURE)
+    header, palette, idat, pos = None, None, [], len(_PNG_SIGNATURE)
     while pos + 8 <= len(data):
         (length,) = struct.unpack_from(">I", data, pos)
         kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
         pos += 12 + length
         if kind == b"IHDR":
             header = body
+        elif kind == b"PLTE":
+            palette = body
         elif kind == b"IDAT":
             idat.append(body)
         elif kind == b"IEND":
@@ -302,9 +318,14 @@ def png_pixels(data: bytes) -> np.ndarray | None:
     if header is None or len(header) != 13 or not idat:
         return None
     cols, rows, depth, colour_type, _, _, interlace = struct.unpack(">IIBBBBB", header)
-    if depth != 8 or colour_type not in (0, 2) or interlace != 0 or rows == 0 or cols == 0:
+    if depth != 8 or colour_type not in (0, 2, 3) or interlace != 0 or rows == 0 or cols == 0:
         return None
-    channels = 1 if colour_type == 0 else 3
+    if colour_type == 3:
+        if palette is None or len(palette) % 3 or not 3 <= len(palette) <= 768:
+            return None
+        # Indices past the palette's end are an error in a PNG; they read as black here.
+        colours = np.frombuffer(palette, np.uint8).reshape(-1, 3)
+    channels = 3 if colour_type == 2 else 1
     try:
         raw = imagecodecs.deflate_decode(b"".join(idat), out=rows * (cols * channels + 1))
     except Exception:  # noqa: BLE001 - a damaged stream: let the general decoder report it
@@ -315,16 +336,28 @@ def png_pixels(data: bytes) -> np.ndarray | None:
     filtered = filtered.reshape(rows, cols * channels + 1)
     if not np.any(filtered[:, 0]):  # no row filtered (png_bytes at level 0)
         lines = filtered[:, 1:].copy()  # writable and contiguous, as below
-        return lines.reshape(rows, cols) if channels == 1 else lines.reshape(rows, cols, 3)
     # png_bytes filters every row with "up" (type 2; on the first row the same as "none").
-    if filtered[0, 0] not in (0, 2) or np.any(filtered[1:, 0] != 2):
+    elif filtered[0, 0] not in (0, 2) or np.any(filtered[1:, 0] != 2):
         return None
-    lines = np.empty((rows, cols * channels), np.uint8)
-    lines[0] = filtered[0, 1:]
-    # Undo "up" row by row: np.cumsum along axis 0 is fifteen times slower on these shapes.
-    for r in range(1, rows):
-        np.add(lines[r - 1], filtered[r, 1:], out=lines[r])
+    else:
+        lines = np.empty((rows, cols * channels), np.uint8)
+        lines[0] = filtered[0, 1:]
+        # Undo "up" row by row: np.cumsum along axis 0 is fifteen times slower on these shapes.
+        for r in range(1, rows):
+            np.add(lines[r - 1], filtered[r, 1:], out=lines[r])
+    if colour_type == 3:
+        return _expand_palette(lines.reshape(rows, cols), colours)
     return lines.reshape(rows, cols) if channels == 1 else lines.reshape(rows, cols, 3)
+
+
+def _expand_palette(indices: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """RGB ``(H, W, 3)`` of palette ``indices``: ``palette[indices]`` by one table lookup per channel,
+    a tenth of the time of numpy's fancy indexing on a 2048x1536 image."""
+    import cv2
+
+    table = np.zeros((256, 3), np.uint8)
+    table[: len(palette)] = palette
+    return cv2.merge([cv2.LUT(indices, np.ascontiguousarray(table[:, c])) for c in range(3)])
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
