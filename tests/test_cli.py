@@ -151,10 +151,14 @@ def test_train_keeps_phase_names_and_relief_mode_and_rejects_bad_names(tmp_path)
     tifffile.imwrite(image_path, image)
     tifffile.imwrite(scribble_path, scribbles)
 
-    done = semtrack("train", image_path, scribble_path, "--out", model_path, "--phases", "island,matrix", "--se-relief")
+    done = semtrack(
+        "train", image_path, scribble_path, "--out", model_path, "--phases", "island,matrix", "--se-relief",
+        "--particle-sigma-px", "2", "--refine-boundaries",
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     classifier = PixelClassifier.load(model_path)
     assert classifier.phase_names == ("island", "matrix") and classifier.se_relief
+    assert classifier.particle_sigma_px == 2.0 and classifier.refine_boundaries
 
     done = semtrack("train", image_path, scribble_path, "--out", tmp_path / "x.pkl", "--phases", "island,island")
     assert done.returncode == 2 and "--phases" in done.stderr and "Traceback" not in done.stderr

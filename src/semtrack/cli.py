@@ -348,8 +348,18 @@ def report_command(out_dir, title, time_scale, verbose):
     is_flag=True,
     help="Secondary-electron relief images: add the enclosure feature (see PixelClassifier).",
 )
+@click.option(
+    "--particle-sigma-px",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Also search small dark particles never scribbled (about a third of their diameter, px; 0 = off).",
+)
+@click.option(
+    "--refine-boundaries", is_flag=True, help="Move dark-phase boundaries to the level midway between the two sides."
+)
 @click.option("--verbose", "-v", is_flag=True)
-def train_command(image, scribbles, model_path, phase_names, se_relief, verbose):
+def train_command(image, scribbles, model_path, phase_names, se_relief, particle_sigma_px, refine_boundaries, verbose):
     """Train a pixel classifier from SCRIBBLES (label image: 0 unlabelled, k = phase code k-1) on IMAGE."""
     import tifffile
 
@@ -367,7 +377,12 @@ def train_command(image, scribbles, model_path, phase_names, se_relief, verbose)
             raise SemtrackError(f"cannot read the scribble label image ({exc})", path=scribbles) from exc
         if labels.shape != pixels.shape:
             raise SemtrackError(f"scribbles are {labels.shape}, the image is {pixels.shape}", path=scribbles)
-        classifier = PixelClassifier(phase_names=names, se_relief=se_relief).fit(pixels, labels)
+        classifier = PixelClassifier(
+            phase_names=names,
+            se_relief=se_relief,
+            particle_sigma_px=particle_sigma_px,
+            refine_boundaries=refine_boundaries,
+        ).fit(pixels, labels)
         classifier.save(model_path)
     except SemtrackError as exc:
         _fail(exc, verbose)
