@@ -74,9 +74,16 @@ def main(argv=None) -> pd.DataFrame:
         results = []
         for workers in (1, 2):
             seconds, peak_mb = _timed_batch(root, Path(tmp) / f"out{workers}", workers)
-            results.append({"workers": workers, "series": args.series, "frames": args.frames,
-                            "shape": f"{cols}x{rows}", "seconds": round(seconds, 1),
-                            "peak_mb_per_worker": round(peak_mb, 1)})
+            results.append(
+                {
+                    "workers": workers,
+                    "series": args.series,
+                    "frames": args.frames,
+                    "shape": f"{cols}x{rows}",
+                    "seconds": round(seconds, 1),
+                    "peak_mb_per_worker": round(peak_mb, 1),
+                }
+            )
             print(f"  workers={workers}: {seconds:.1f} s, peak {peak_mb:.0f} MB per worker", flush=True)
     table = pd.DataFrame(results)
     table["speedup"] = (table["seconds"].iloc[0] / table["seconds"]).round(2)

@@ -78,8 +78,9 @@ def _segmented_phases(s, region):
 
 
 def _true_graph(s) -> dict[int, list[int]]:
-    return {int(r.island_id): [int(p) for p in str(r.parents).split(";")] for r in s.islands.itertuples()
-            if str(r.parents)}
+    return {
+        int(r.island_id): [int(p) for p in str(r.parents).split(";")] for r in s.islands.itertuples() if str(r.parents)
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -107,8 +108,9 @@ def laptrack_events(label_maps: list[np.ndarray]) -> pd.DataFrame:
     track_df = track_df.reset_index()
     cents = [_centroids(m) for m in label_maps]
     span = track_df.groupby("track_id").agg(first=("frame", "min"), last=("frame", "max"))
-    label_at = {(int(f), int(t)): int(lbl) for f, lbl, t in zip(track_df["frame"], track_df["label"],
-                                                                track_df["track_id"])}
+    label_at = {
+        (int(f), int(t)): int(lbl) for f, lbl, t in zip(track_df["frame"], track_df["label"], track_df["track_id"])
+    }
     n = len(label_maps)
     rows = []
 
@@ -118,10 +120,10 @@ def laptrack_events(label_maps: list[np.ndarray]) -> pd.DataFrame:
 
     children = set(split_df.get("child_track_id", [])) | set(merge_df.get("child_track_id", []))
     parents = set(split_df.get("parent_track_id", [])) | set(merge_df.get("parent_track_id", []))
-    for child, _ in (merge_df.groupby("child_track_id") if len(merge_df) else []):
+    for child, _ in merge_df.groupby("child_track_id") if len(merge_df) else []:
         first = int(span.loc[child, "first"])
         add("coalescence", first - 1, first, child)
-    for parent, _ in (split_df.groupby("parent_track_id") if len(split_df) else []):
+    for parent, _ in split_df.groupby("parent_track_id") if len(split_df) else []:
         last = int(span.loc[parent, "last"])
         add("split", last, last, parent)
     for track, (first, last) in span.iterrows():
@@ -151,8 +153,9 @@ def accuracy(seeds, shape, quick):
         conditions = {
             "true_masks": [label_islands(p, pixel_size_um=px, valid=region) for p in s.phases_ref],
             "perturbed_masks": [
-                label_islands(np.where(_perturb(p == 3, region, rng, px), 3, 2).astype(np.uint8),
-                              pixel_size_um=px, valid=region)
+                label_islands(
+                    np.where(_perturb(p == 3, region, rng, px), 3, 2).astype(np.uint8), pixel_size_um=px, valid=region
+                )
                 for p in s.phases_ref
             ],
         }
@@ -185,8 +188,9 @@ def accuracy(seeds, shape, quick):
             base = dict(section="accuracy", condition=condition, method="semtrack", seed=seed)
             rows.append({**base, "metric": "count_rel_error_max", "value": float(rel.max())})
             rows.append({**base, "metric": "n_islands_true_total", "value": float(true_counts.sum())})
-            lm = linking_metrics(maps, s.islands_ref, predicted_graph=lineage.graph,
-                                 true_graph=_true_graph(s)).set_index("kind")
+            lm = linking_metrics(
+                maps, s.islands_ref, predicted_graph=lineage.graph, true_graph=_true_graph(s)
+            ).set_index("kind")
             for kind in lm.index:
                 rows.append({**base, "metric": f"{kind}_f1", "value": float(lm.loc[kind, "f1"])})
                 rows.append({**base, "metric": f"{kind}_ctc_score", "value": float(lm.loc[kind, "score"])})
@@ -194,8 +198,13 @@ def accuracy(seeds, shape, quick):
             rows.append({**base, "metric": "area_balanced", "value": float(bal["balanced"].all())})
             true_diss = s.events.loc[s.events["event"] == "dissolution", "area_um2"].sum()
             pred_diss = lineage.events.loc[lineage.events["event"] == "dissolution", "area_um2"].sum()
-            rows.append({**base, "metric": "dissolved_area_rel_error",
-                         "value": float(abs(pred_diss - true_diss) / true_diss) if true_diss else float("nan")})
+            rows.append(
+                {
+                    **base,
+                    "metric": "dissolved_area_rel_error",
+                    "value": float(abs(pred_diss - true_diss) / true_diss) if true_diss else float("nan"),
+                }
+            )
     return rows
 
 
@@ -230,8 +239,11 @@ def _island_pair(n_side: int, spacing: int, r_lo: float, r_hi: float, seed: int)
 
 def speed(repeats: int, with_laptrack: bool):
     rows = []
-    cases = [("1k islands, 640^2", 32, 20, 3, 7), ("10k islands, 2000^2", 100, 20, 3, 7),
-             ("10k islands, 4000^2", 100, 40, 6, 14)]
+    cases = [
+        ("1k islands, 640^2", 32, 20, 3, 7),
+        ("10k islands, 2000^2", 100, 20, 3, 7),
+        ("10k islands, 4000^2", 100, 40, 6, 14),
+    ]
     for name, n_side, spacing, r_lo, r_hi in cases:
         la, lb = _island_pair(n_side, spacing, r_lo, r_hi, seed=1)
         times = []
@@ -248,8 +260,14 @@ def speed(repeats: int, with_laptrack: bool):
         rows.append({**base, "method": "semtrack", "metric": "link_time_s_median", "value": float(np.median(times))})
         rows.append({**base, "method": "semtrack", "metric": "link_time_s_min", "value": float(np.min(times))})
         for kind in EVENT_TYPES:
-            rows.append({**base, "method": "semtrack", "metric": f"n_{kind}",
-                         "value": float((lin.events["event"] == kind).sum())})
+            rows.append(
+                {
+                    **base,
+                    "method": "semtrack",
+                    "metric": f"n_{kind}",
+                    "value": float((lin.events["event"] == kind).sum()),
+                }
+            )
         phases = np.where(lb > 0, 3, 2).astype(np.uint8)
         t0 = time.perf_counter()
         label_islands(phases, pixel_size_um=0.05)
@@ -257,8 +275,9 @@ def speed(repeats: int, with_laptrack: bool):
         if with_laptrack and la.max() <= 2000:
             t0 = time.perf_counter()
             laptrack_events([la, lb])
-            rows.append({**base, "method": "laptrack", "metric": "link_time_s_median",
-                         "value": time.perf_counter() - t0})
+            rows.append(
+                {**base, "method": "laptrack", "metric": "link_time_s_median", "value": time.perf_counter() - t0}
+            )
     return rows
 
 
@@ -282,13 +301,26 @@ def main():
     pd.set_option("display.width", 200)
     pd.set_option("display.max_columns", 20)
     keep = [f"{e}_{m}" for e in EVENT_TYPES for m in ("precision", "recall")] + ["time_s"]
-    table = (acc[acc["metric"].isin(keep)].groupby(["condition", "method", "metric"])["value"]
-             .agg(["min", "mean"]).unstack("metric"))
+    table = (
+        acc[acc["metric"].isin(keep)]
+        .groupby(["condition", "method", "metric"])["value"]
+        .agg(["min", "mean"])
+        .unstack("metric")
+    )
     print("\nEvent precision / recall over seeds (min, mean) and time:")
     print(table["min"].round(3).to_string())
-    extra_metrics = ["count_rel_error_max", "detection_f1", "continuation_f1", "continuation_ctc_score",
-                     "lineage_f1", "links_ctc_score", "area_balanced", "dissolved_area_rel_error",
-                     "all_n_true", "n_islands_true_total"]
+    extra_metrics = [
+        "count_rel_error_max",
+        "detection_f1",
+        "continuation_f1",
+        "continuation_ctc_score",
+        "lineage_f1",
+        "links_ctc_score",
+        "area_balanced",
+        "dissolved_area_rel_error",
+        "all_n_true",
+        "n_islands_true_total",
+    ]
     sem = acc[(acc["method"] == "semtrack") & acc["metric"].isin(extra_metrics)]
     extra = sem.groupby(["condition", "metric"])["value"].agg(["min", "max"]).unstack("condition")
     print("\nsemtrack counts, links, balance (min / max over seeds):")

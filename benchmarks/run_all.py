@@ -20,8 +20,14 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_register.py", "bench_segment.py", "bench_grains.py", "bench_track.py",
-           "bench_pipeline.py", "bench_batch.py"]
+SCRIPTS = [
+    "bench_register.py",
+    "bench_segment.py",
+    "bench_grains.py",
+    "bench_track.py",
+    "bench_pipeline.py",
+    "bench_batch.py",
+]
 QUICK_ARGS = {"bench_batch.py": ["--series", "4", "--shape", "768x1024"]}
 
 
@@ -35,18 +41,24 @@ def main() -> int:
     log_path = out / "all.log"
     failures = []
     with open(log_path, "w") as log:
-        header = (f"semtrack benchmarks {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()}: "
-                  f"{platform.processor() or platform.machine()}, Python {platform.python_version()}\n")
+        header = (
+            f"semtrack benchmarks {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()}: "
+            f"{platform.processor() or platform.machine()}, Python {platform.python_version()}\n"
+        )
         print(header, flush=True)
         log.write(header)
         for script in args.only or SCRIPTS:
-            extra = (QUICK_ARGS.get(script, ["--quick"]) if args.quick else [])
+            extra = QUICK_ARGS.get(script, ["--quick"]) if args.quick else []
             banner = f"\n=== {script} {' '.join(extra)}\n"
             print(banner, flush=True)
             log.write(banner)
             start = time.perf_counter()
-            proc = subprocess.Popen([sys.executable, str(HERE / script), *extra], stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)
+            proc = subprocess.Popen(
+                [sys.executable, str(HERE / script), *extra],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
             for line in proc.stdout:
                 print(line, end="", flush=True)
                 log.write(line)

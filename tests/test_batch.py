@@ -35,8 +35,12 @@ def test_find_series_lists_folders_with_images(batch_root):
 
 def test_cli_batch_reports_the_broken_series_and_finishes_the_others(batch_root, tmp_path):
     out = tmp_path / "out"
-    done = subprocess.run([SEMTRACK, "batch", str(batch_root), "--out", str(out), "--workers", "2", "-q"],
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [SEMTRACK, "batch", str(batch_root), "--out", str(out), "--workers", "2", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     summary = pd.read_csv(out / "batch_summary.csv", keep_default_na=False)
@@ -55,8 +59,7 @@ def test_batch_on_a_dask_local_cluster(batch_root, tmp_path):
     root = tmp_path / "root"
     shutil.copytree(batch_root / "sample_a", root / "a")
     shutil.copytree(batch_root / "nested" / "sample_b", root / "b")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0") as cluster:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         summary = run_batch(root, tmp_path / "out", scheduler=cluster.scheduler_address)
     assert list(summary["status"]) == ["ok", "ok"]
     a = pd.read_csv(tmp_path / "out" / "a" / "frames.csv")

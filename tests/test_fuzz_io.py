@@ -32,9 +32,7 @@ def _base_file(kind: str, folder: Path, real_sem: Path | None) -> Path:
     when = datetime(2026, 11, 25, 14, 3, 12)
     path = folder / f"base_{kind}.tif"
     if kind == "zeiss_deflate":
-        write_sem_tiff(
-            path, grey8, pixel_size_um=0.0244, vendor="zeiss", acquired=when, compression="deflate"
-        )
+        write_sem_tiff(path, grey8, pixel_size_um=0.0244, vendor="zeiss", acquired=when, compression="deflate")
     elif kind == "fei_lzw_16bit":
         grey16 = rng.integers(0, 65536, (64, 80), dtype=np.uint16)
         write_sem_tiff(path, grey16, pixel_size_um=0.05, vendor="fei", acquired=when, compression="lzw",

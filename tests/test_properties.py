@@ -21,9 +21,13 @@ FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthChe
 
 def _affine(dx, dy, angle_deg, scale):
     a = math.radians(angle_deg)
-    return np.array([[scale * math.cos(a), -scale * math.sin(a), dx],
-                     [scale * math.sin(a), scale * math.cos(a), dy],
-                     [0.0, 0.0, 1.0]])
+    return np.array(
+        [
+            [scale * math.cos(a), -scale * math.sin(a), dx],
+            [scale * math.sin(a), scale * math.cos(a), dy],
+            [0.0, 0.0, 1.0],
+        ]
+    )
 
 
 def _smooth_image(rng, shape):
@@ -34,7 +38,10 @@ def _smooth_image(rng, shape):
 
 affines = st.builds(
     _affine,
-    st.floats(-6, 6), st.floats(-6, 6), st.floats(-3, 3), st.floats(0.97, 1.03),
+    st.floats(-6, 6),
+    st.floats(-6, 6),
+    st.floats(-3, 3),
+    st.floats(0.97, 1.03),
 )
 
 
@@ -147,13 +154,20 @@ def island_sequences(draw):
     for _ in range(n_frames):
         labels = np.zeros((48, 48), np.int32)
         for k, (r, c, h, w) in enumerate(boxes, start=1):
-            labels[r: r + h, c: c + w] = k
+            labels[r : r + h, c : c + w] = k
         maps.append(labels)
         # Next frame: each box survives with p = 0.7, grows or shrinks by up to 3 px and drifts by
         # up to 2 px; a few new ones appear. Touching boxes share a label map, i.e. coalesce.
-        boxes = [[int(np.clip(r + rng.integers(-2, 3), 0, 46)), int(np.clip(c + rng.integers(-2, 3), 0, 46)),
-                  int(max(1, h + rng.integers(-2, 4))), int(max(1, w + rng.integers(-2, 4)))]
-                 for r, c, h, w in boxes if rng.random() < 0.7]
+        boxes = [
+            [
+                int(np.clip(r + rng.integers(-2, 3), 0, 46)),
+                int(np.clip(c + rng.integers(-2, 3), 0, 46)),
+                int(max(1, h + rng.integers(-2, 4))),
+                int(max(1, w + rng.integers(-2, 4))),
+            ]
+            for r, c, h, w in boxes
+            if rng.random() < 0.7
+        ]
         boxes += [list(rng.integers(0, 40, 2)) + list(rng.integers(2, 10, 2)) for _ in range(rng.integers(0, 3))]
     return maps
 
@@ -181,8 +195,9 @@ def test_every_island_is_accounted_for_at_the_next_frame(maps, with_region):
         ev = events[events["frame_from"] == f]
         ids_next = set(nxt["island_id"])
         parents_next = {int(p) for s in nxt["parents"].fillna("").astype(str) for p in s.split(";") if p}
-        ended = {int(i) for col in ["islands_before"] for s in ev[col].fillna("").astype(str)
-                 for i in s.split(";") if i}
+        ended = {
+            int(i) for col in ["islands_before"] for s in ev[col].fillna("").astype(str) for i in s.split(";") if i
+        }
         for island_id, fate in zip(now["island_id"], now["fate"]):
             assert fate in ACCOUNTED, (f, island_id, fate)
             if fate == "continued":

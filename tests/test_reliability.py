@@ -28,8 +28,9 @@ FRACTIONS = ["frac_pore", "frac_glass", "frac_nasicon", "frac_na3po4"]
 
 def semtrack(*args, quiet: bool = True) -> subprocess.CompletedProcess:
     extra = ["-q"] if quiet else []
-    return subprocess.run([*SEMTRACK, *map(str, args), *extra], check=False, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [*SEMTRACK, *map(str, args), *extra], check=False, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +61,15 @@ def _huge_tiff(path: Path) -> None:
     """A valid-looking classic TIFF header claiming 60000 x 60000 8-bit pixels over a few bytes."""
     side = 60_000
     tags = [  # (tag, type, count, value); type 3 = SHORT, 4 = LONG
-        (256, 4, 1, side), (257, 4, 1, side), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-        (273, 4, 1, 8), (277, 3, 1, 1), (278, 4, 1, side), (279, 4, 1, side * side),
+        (256, 4, 1, side),
+        (257, 4, 1, side),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 8),
+        (277, 3, 1, 1),
+        (278, 4, 1, side),
+        (279, 4, 1, side * side),
     ]
     ifd = struct.pack("<H", len(tags))
     for tag, typ, count, value in tags:
@@ -79,8 +87,8 @@ def _all_na3po4(series, path: Path) -> None:
     x0, y0, x1, y1 = series.marker_rect
     keep = np.zeros(image.shape, bool)
     margin = 24  # beyond the frame's own shift, so the whole marker keeps its texture
-    keep[max(y0 - margin, 0): y1 + margin, max(x0 - margin, 0): x1 + margin] = True
-    keep[image.shape[0] - series.info_bar_rows:] = True
+    keep[max(y0 - margin, 0) : y1 + margin, max(x0 - margin, 0) : x1 + margin] = True
+    keep[image.shape[0] - series.info_bar_rows :] = True
     rng = np.random.default_rng(0)
     noisy = np.clip(grey + rng.normal(0, 3, image.shape), 0, 255).astype(image.dtype)
     image[~keep] = noisy[~keep]
@@ -217,8 +225,9 @@ def test_bad_series_gives_one_clear_error(tmp_path, good_folder, series, case):
     ],
 )
 def test_other_encodings_give_the_same_fractions(tmp_path, good_folder, good_run, series, case, convert, kwargs):
-    folder, _ = _mutated(tmp_path, good_folder, series,
-                         lambda s, d, p: tifffile.imwrite(p, convert(s.images[1]), **kwargs))
+    folder, _ = _mutated(
+        tmp_path, good_folder, series, lambda s, d, p: tifffile.imwrite(p, convert(s.images[1]), **kwargs)
+    )
     out = tmp_path / "out"
     done = semtrack("run", folder, "--out", out, "--no-report")
     assert done.returncode == 0, done.stderr

@@ -17,8 +17,9 @@ SMALL = dict(shape=(256, 320), n_frames=4)
 @pytest.fixture(scope="module")
 def series() -> SynthSeries:
     # Larger shifts and rotations than the defaults, so the transform checks mean something.
-    return make_series(shape=(320, 384), n_frames=4, max_shift_fraction=0.08, max_rotation_deg=2.0,
-                       max_scale_change=0.01, seed=3)
+    return make_series(
+        shape=(320, 384), n_frames=4, max_shift_fraction=0.08, max_rotation_deg=2.0, max_scale_change=0.01, seed=3
+    )
 
 
 def _ids(text: str) -> list[int]:
@@ -31,8 +32,12 @@ def test_shapes_dtypes_and_times(series):
     assert series.times_h.tolist() == [24.0, 96.0, 845.0, 1055.0]
     assert series.matrices.shape == (n, 3, 3) and series.matrices.dtype == np.float64
     np.testing.assert_array_equal(series.matrices[0], np.eye(3))
-    for lst, dtype in ((series.images, np.uint8), (series.phases, np.uint8), (series.phases_ref, np.uint8),
-                       (series.islands_ref, np.int32)):
+    for lst, dtype in (
+        (series.images, np.uint8),
+        (series.phases, np.uint8),
+        (series.phases_ref, np.uint8),
+        (series.islands_ref, np.int32),
+    ):
         assert len(lst) == n
         assert all(a.shape == (H, W) and a.dtype == dtype for a in lst)
     assert series.grain_labels_ref.shape == (H, W) and series.grain_labels_ref.dtype == np.int32
@@ -303,8 +308,15 @@ def test_pore_fraction_matches_request(pore_fraction):
 @pytest.mark.parametrize(("grain_size_um", "glass_fraction"), [(2.0, 0.1), (2.5, 0.2), (4.0, 0.3)])
 def test_grain_size_matches_request(grain_size_um, glass_fraction):
     # ~25 grains across, so that ~150 whole grains pin the median within a few per cent.
-    s = make_series(shape=(768, 768), n_frames=1, grain_size_um=grain_size_um, glass_fraction=glass_fraction,
-                    n_islands=0, seed=5, pixel_size_um=grain_size_um / 25)
+    s = make_series(
+        shape=(768, 768),
+        n_frames=1,
+        grain_size_um=grain_size_um,
+        glass_fraction=glass_fraction,
+        n_islands=0,
+        seed=5,
+        pixel_size_um=grain_size_um / 25,
+    )
     table = s.truth_frame_table()
     assert table["grain_ecd_median_um"].iloc[0] == pytest.approx(grain_size_um, rel=0.1)
     assert table["grain_count"].iloc[0] > 100
@@ -337,7 +349,8 @@ def test_grains_are_whole_and_some_touch(series):
     right = (g[:, :-1] > 0) & (g[:, 1:] > 0) & (g[:, :-1] != g[:, 1:])
     down = (g[:-1] > 0) & (g[1:] > 0) & (g[:-1] != g[1:])
     pairs = set(zip(g[:, :-1][right].tolist(), g[:, 1:][right].tolist())) | set(
-        zip(g[:-1][down].tolist(), g[1:][down].tolist()))
+        zip(g[:-1][down].tolist(), g[1:][down].tolist())
+    )
     assert len({tuple(sorted(p)) for p in pairs}) >= 5
 
 
@@ -382,7 +395,8 @@ def test_truth_frame_table(series):
         ids = series.islands_ref[f]
         assert row["n_islands"] == np.unique(ids[region & (ids > 0)]).size
         assert row["na3po4_area_um2"] == pytest.approx(
-            np.sum(series.phases_ref[f][region] == NA3PO4) * series.pixel_size_um**2)
+            np.sum(series.phases_ref[f][region] == NA3PO4) * series.pixel_size_um**2
+        )
         assert row["glass_fraction"] == pytest.approx(row["frac_glass"] / (row["frac_glass"] + row["frac_nasicon"]))
     assert t["grain_count_visible"].iloc[-1] <= t["grain_count"].iloc[-1]
 

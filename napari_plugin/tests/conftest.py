@@ -59,6 +59,6 @@ def pytest_collection_modifyitems(config, items):
             if not HAVE_DISPLAY and ("viewer" in item.fixturenames or item.module.__name__.endswith("widgets")):
                 item.add_marker(_NO_DISPLAY)
             # napari 0.9 with PyQt5 warns at every viewer start that it cannot follow the system theme.
-            item.add_marker(pytest.mark.filterwarnings(
-                "ignore:System theme detection requires a Qt6 backend:UserWarning"
-            ))
+            item.add_marker(
+                pytest.mark.filterwarnings("ignore:System theme detection requires a Qt6 backend:UserWarning")
+            )

@@ -200,8 +200,7 @@ def test_workflow_reproduces_the_pipeline(opened, qtbot, tmp_path):
     exp.out_dir.value = out
     assert exp.report.value is True  # the default of ReportConfig.html
     result = run_step(qtbot, exp)
-    for name in ("frames.csv", "grains.csv", "islands.csv", "events.csv", "intervals.csv", "run.json",
-                 "report.html"):
+    for name in ("frames.csv", "grains.csv", "islands.csv", "events.csv", "intervals.csv", "run.json", "report.html"):
         assert (out / name).is_file(), name
     events = pd.read_csv(out / "events.csv")
     assert len(events) == len(expected.events)
@@ -217,8 +216,11 @@ def test_export_uses_the_choices_made_in_the_widgets(opened, qtbot):
     viewer, raw = opened
     reg = dock(viewer, RegisterWidget)
     reg.image.value = raw
-    viewer.add_shapes([np.array([[4, 4], [4, 90], [90, 90], [90, 4]], float) * raw.scale[-1]],
-                      shape_type="rectangle", name="my marker")
+    viewer.add_shapes(
+        [np.array([[4, 4], [4, 90], [90, 90], [90, 4]], float) * raw.scale[-1]],
+        shape_type="rectangle",
+        name="my marker",
+    )
     reg.marker.value = viewer.layers["my marker"]
     reg.options["model"].value = "rigid"
     run_step(qtbot, reg)
@@ -231,12 +233,21 @@ def test_export_uses_the_choices_made_in_the_widgets(opened, qtbot):
     assert config.segment.method == Config().segment.method
     # Grains and Track both branch from the phases layer: their choices are merged for the run.
     info = registered.metadata["semtrack"]
-    viewer.add_labels(np.zeros((2, 4, 4), np.int32), name="g",
-                      metadata={"semtrack": {**info, "config": {"grains": {"min_grain_area_um2": 0.7}}}})
-    viewer.add_labels(np.zeros((2, 4, 4), np.int32), name="t",
-                      metadata={"semtrack": {**info, "config": {"track": {"link_tolerance_um": 0.9}}}})
-    viewer.add_labels(np.zeros((2, 4, 4), np.int32), name="other series",
-                      metadata={"semtrack": {"series": object(), "config": {"track": {"min_overlap_fraction": 0.5}}}})
+    viewer.add_labels(
+        np.zeros((2, 4, 4), np.int32),
+        name="g",
+        metadata={"semtrack": {**info, "config": {"grains": {"min_grain_area_um2": 0.7}}}},
+    )
+    viewer.add_labels(
+        np.zeros((2, 4, 4), np.int32),
+        name="t",
+        metadata={"semtrack": {**info, "config": {"track": {"link_tolerance_um": 0.9}}}},
+    )
+    viewer.add_labels(
+        np.zeros((2, 4, 4), np.int32),
+        name="other series",
+        metadata={"semtrack": {"series": object(), "config": {"track": {"min_overlap_fraction": 0.5}}}},
+    )
     merged = exp.config_for(viewer.layers["t"])
     assert merged.grains.min_grain_area_um2 == 0.7
     assert merged.track.link_tolerance_um == 0.9
@@ -297,8 +308,9 @@ def test_errors_are_notified_with_the_api_message(opened, qtbot, errors, tmp_pat
     assert errors and "registered" in errors[-1]
     reg = dock(viewer, RegisterWidget)
     reg.image.value = raw
-    viewer.add_shapes([np.array([[0, 0], [0, 5], [5, 5], [5, 0]], float) * raw.scale[-1]],
-                      shape_type="rectangle", name="tiny")
+    viewer.add_shapes(
+        [np.array([[0, 0], [0, 5], [5, 5], [5, 0]], float) * raw.scale[-1]], shape_type="rectangle", name="tiny"
+    )
     reg.marker.value = viewer.layers["tiny"]
     with qtbot.waitSignal(reg.completed, timeout=TIMEOUT_MS) as blocker:
         reg.run()
@@ -346,8 +358,13 @@ def test_api_errors_reach_the_notification_unchanged(opened, qtbot, errors, tmp_
 
 @pytest.mark.parametrize(
     ("title", "widget_type"),
-    [("1 Register", RegisterWidget), ("2 Segment", SegmentWidget), ("3 Grains", GrainsWidget),
-     ("4 Track", TrackWidget), ("5 Export", ExportWidget)],
+    [
+        ("1 Register", RegisterWidget),
+        ("2 Segment", SegmentWidget),
+        ("3 Grains", GrainsWidget),
+        ("4 Track", TrackWidget),
+        ("5 Export", ExportWidget),
+    ],
 )
 def test_manifest_widgets_open_from_the_plugins_menu(viewer, title, widget_type):
     _dock, widget = viewer.window.add_plugin_dock_widget("napari-semtrack", title)

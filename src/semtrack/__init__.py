@@ -24,27 +24,66 @@ from ._version import __version__
 
 _EXPORTS = {
     # reading
-    "read_series": "io", "read_image": "io", "read_metadata": "io", "parse_time_h": "io",
-    "detect_info_bar": "io", "write_sem_tiff": "io", "Series": "series", "FrameInfo": "series",
+    "read_series": "io",
+    "read_image": "io",
+    "read_metadata": "io",
+    "parse_time_h": "io",
+    "detect_info_bar": "io",
+    "write_sem_tiff": "io",
+    "Series": "series",
+    "FrameInfo": "series",
     # registration
-    "register_series": "register", "register_frame": "register", "resample": "register",
-    "analysed_region": "register", "choose_marker": "register", "Registration": "register",
+    "register_series": "register",
+    "register_frame": "register",
+    "resample": "register",
+    "analysed_region": "register",
+    "choose_marker": "register",
+    "Registration": "register",
     # segmentation and measurement
-    "fit_phase_model": "segment", "segment_frame": "segment", "PixelClassifier": "segment",
-    "PhaseModel": "segment", "phase_fractions": "quantify", "measure_grains": "grains",
+    "fit_phase_model": "segment",
+    "segment_frame": "segment",
+    "PixelClassifier": "segment",
+    "PhaseModel": "segment",
+    "phase_fractions": "quantify",
+    "measure_grains": "grains",
     "grain_summary": "grains",
     # tracking
-    "label_islands": "track", "link_islands": "track", "IslandTracker": "track", "Lineage": "track",
-    "event_map": "track", "to_napari_tracks": "track", "write_geff": "track", "fit_kinetics": "track",
+    "label_islands": "track",
+    "link_islands": "track",
+    "IslandTracker": "track",
+    "Lineage": "track",
+    "event_map": "track",
+    "to_napari_tracks": "track",
+    "write_geff": "track",
+    "fit_kinetics": "track",
     "interval_statistics": "track",
     # whole runs
-    "run": "pipeline", "Result": "pipeline", "analyse_frame": "pipeline", "run_batch": "batch",
+    "run": "pipeline",
+    "Result": "pipeline",
+    "analyse_frame": "pipeline",
+    "run_batch": "batch",
     "render_report": ("report", "render"),
-    "Config": "config", "load_config": "config",
+    "Config": "config",
+    "load_config": "config",
     "SemtrackError": "errors",
 }
-_SUBMODULES = {"io", "register", "segment", "quantify", "grains", "track", "pipeline", "batch", "report",
-               "config", "errors", "synth", "data", "series", "write"}
+_SUBMODULES = {
+    "io",
+    "register",
+    "segment",
+    "quantify",
+    "grains",
+    "track",
+    "pipeline",
+    "batch",
+    "report",
+    "config",
+    "errors",
+    "synth",
+    "data",
+    "series",
+    "write",
+}
 
 __all__ = ["__version__", *_EXPORTS, *sorted(_SUBMODULES)]
 

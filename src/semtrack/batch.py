@@ -64,8 +64,7 @@ def run_series(folder: str | Path, out_dir: str | Path, config_dict: dict[str, A
     from .pipeline import run
 
     start = time.perf_counter()
-    row: dict[str, Any] = {"folder": str(folder), "out_dir": str(out_dir), "status": "ok", "message": "",
-                           "n_frames": 0}
+    row: dict[str, Any] = {"folder": str(folder), "out_dir": str(out_dir), "status": "ok", "message": "", "n_frames": 0}
     try:
         result = run(folder, config=Config.model_validate(config_dict), out_dir=out_dir)
         row["n_frames"] = len(result.series)

@@ -118,8 +118,11 @@ def write_truth(series: SynthSeries, folder: str | Path) -> list[Path]:
         times_h=series.times_h,
     )
     paths = [arrays]
-    for name, table in (("islands.csv", series.islands), ("events.csv", series.events),
-                        ("frames.csv", series.truth_frame_table())):
+    for name, table in (
+        ("islands.csv", series.islands),
+        ("events.csv", series.events),
+        ("frames.csv", series.truth_frame_table()),
+    ):
         table.to_csv(folder / name, index=False)
         paths.append(folder / name)
     meta = {
@@ -166,11 +169,14 @@ def sample_truth(folder: str | Path | None = None) -> SynthSeries:
         with np.load(truth / _ARRAYS) as z:
             arrays = {k: z[k] for k in z.files}
         islands = pd.read_csv(truth / "islands.csv", keep_default_na=False)
-        events = pd.read_csv(truth / "events.csv", keep_default_na=False,
-                             dtype={"islands_before": str, "islands_after": str})
+        events = pd.read_csv(
+            truth / "events.csv", keep_default_na=False, dtype={"islands_before": str, "islands_after": str}
+        )
     except (OSError, ValueError, KeyError) as exc:
-        raise ReadError(f"cannot read the ground truth ({exc}); regenerate it with "
-                        "`python sample_images/make_sample.py`", path=truth) from exc
+        raise ReadError(
+            f"cannot read the ground truth ({exc}); regenerate it with `python sample_images/make_sample.py`",
+            path=truth,
+        ) from exc
     islands["parents"] = islands["parents"].astype(str)
     files = sorted(folder.glob("*.tif"))
     if len(files) != len(arrays["times_h"]):

@@ -89,8 +89,9 @@ def semtrack_info(layer: Any, key: str, default: Any = None) -> Any:
     return layer.metadata.get("semtrack", {}).get(key, default) if layer is not None else default
 
 
-def layer_picker(viewer, layer_type: type, *, label: str, need: str | None = None, nullable: bool = False,
-                 tooltip: str = "") -> ComboBox:
+def layer_picker(
+    viewer, layer_type: type, *, label: str, need: str | None = None, nullable: bool = False, tooltip: str = ""
+) -> ComboBox:
     """A combo box listing the viewer's layers of ``layer_type`` (only those holding semtrack
     metadata ``need`` when given), newest first."""
 

@@ -102,9 +102,10 @@ def marker_from_shapes(shapes: Shapes, image: Image) -> tuple[int, int, int, int
     vertices = np.asarray(shapes.data[index], dtype=float)
     world = np.array([shapes.data_to_world(v) for v in vertices])
     # Shapes drawn on a 2-D slice have 2 coordinates; align them with the image's last axes.
-    pixels = np.array([image.world_to_data(np.r_[np.zeros(image.ndim - len(w)), w][-image.ndim:]) for w in world])
+    pixels = np.array([image.world_to_data(np.r_[np.zeros(image.ndim - len(w)), w][-image.ndim :]) for w in world])
     rows, cols = pixels[:, -2], pixels[:, -1]
     shape = image.data.shape[-2:]
+
     # Vertices sit on pixel centres; a rectangle from centre a to centre b covers pixels a..b.
     def span(coords: np.ndarray, size: int) -> tuple[int, int]:
         first, last = np.floor(coords.min() + 0.5), np.floor(coords.max() + 0.5) + 1
@@ -127,11 +128,21 @@ class RegisterWidget(StepWidget):
     run_label = "Register"
 
     def _build(self):
-        self.image = layer_picker(self.viewer, Image, label="series", need="series",
-                                  tooltip="The time-stacked SEM series (open a folder of TIFFs).")
-        self.marker = layer_picker(self.viewer, Shapes, label="marker", nullable=True,
-                                   tooltip="Shapes layer with a rectangle around the fixed marker on the reference "
-                                           "frame; empty: semtrack chooses one.")
+        self.image = layer_picker(
+            self.viewer,
+            Image,
+            label="series",
+            need="series",
+            tooltip="The time-stacked SEM series (open a folder of TIFFs).",
+        )
+        self.marker = layer_picker(
+            self.viewer,
+            Shapes,
+            label="marker",
+            nullable=True,
+            tooltip="Shapes layer with a rectangle around the fixed marker on the reference "
+            "frame; empty: semtrack chooses one.",
+        )
         self.options = config_form(RegisterConfig, ["model", "reference", "min_score", "fail_score"])
         return [self.image, self.marker, *self.options.values()]
 
@@ -159,8 +170,14 @@ class RegisterWidget(StepWidget):
             region = register.analysed_region(
                 registration, [f.shape for f in series.frames], [f.valid_rows for f in series.frames]
             )
-            return {"layer": layer, "registration": registration, "stack": stack(frames, np.nan, np.float32),
-                    "region": region, "options": options, "marker": marker}
+            return {
+                "layer": layer,
+                "registration": registration,
+                "stack": stack(frames, np.nan, np.float32),
+                "region": region,
+                "options": options,
+                "marker": marker,
+            }
 
         return task
 
@@ -171,23 +188,48 @@ class RegisterWidget(StepWidget):
         config["marker"] = list(result["marker"]) if result["marker"] is not None else None
         info = _derived(layer, registration=registration, region=result["region"], config={"registration": config})
         name = f"{layer.name} registered"
-        replace_layer(self.viewer, name, lambda: self.viewer.add_image(
-            result["stack"], name=name, scale=_scale(layer), contrast_limits=(0.0, 1.0), colormap="gray",
-            metadata={"times_h": info["times_h"], "pixel_size_um": info["pixel_size_um"], "semtrack": info},
-        ))
+        replace_layer(
+            self.viewer,
+            name,
+            lambda: self.viewer.add_image(
+                result["stack"],
+                name=name,
+                scale=_scale(layer),
+                contrast_limits=(0.0, 1.0),
+                colormap="gray",
+                metadata={"times_h": info["times_h"], "pixel_size_um": info["pixel_size_um"], "semtrack": info},
+            ),
+        )
         layer.visible = False
         x0, y0, x1, y1 = registration.marker
         # Shapes vertices are pixel centres: the exclusive corner x1, y1 is the centre of pixel x1 - 1 + 1/2 edge.
         box = np.array([[y0 - 0.5, x0 - 0.5], [y0 - 0.5, x1 - 0.5], [y1 - 0.5, x1 - 0.5], [y1 - 0.5, x0 - 0.5]])
-        replace_layer(self.viewer, "marker used", lambda: self.viewer.add_shapes(
-            [box], shape_type="rectangle", name="marker used", edge_color="#ff4136", face_color="transparent",
-            edge_width=2, scale=_scale(layer)[-2:],
-        ))
+        replace_layer(
+            self.viewer,
+            "marker used",
+            lambda: self.viewer.add_shapes(
+                [box],
+                shape_type="rectangle",
+                name="marker used",
+                edge_color="#ff4136",
+                face_color="transparent",
+                edge_width=2,
+                scale=_scale(layer)[-2:],
+            ),
+        )
         rows = []
         for i, (info_f, fr) in enumerate(zip(series.frames, registration.frames, strict=True)):
-            rows.append({"frame": i, "file": info_f.path.name, "time_h": info_f.time_h,
-                         **register.transform_parameters(fr.matrix), "score": fr.score, "ok": fr.ok,
-                         "warning": fr.warning or ""})
+            rows.append(
+                {
+                    "frame": i,
+                    "file": info_f.path.name,
+                    "time_h": info_f.time_h,
+                    **register.transform_parameters(fr.matrix),
+                    "score": fr.score,
+                    "ok": fr.ok,
+                    "warning": fr.warning or "",
+                }
+            )
         self.quality = pd.DataFrame(rows)
         show_table(self.table, self.quality)
 
@@ -210,23 +252,53 @@ class SegmentWidget(StepWidget):
     run_label = "Segment"
 
     def _build(self):
-        self.image = layer_picker(self.viewer, Image, label="registered", need="registration",
-                                  tooltip="The registered stack from the Register step.")
-        self.method = ComboBox(label="method", choices=[_METHOD_UNSUPERVISED, _METHOD_TRAIN, _METHOD_FILE],
-                               value=_METHOD_UNSUPERVISED,
-                               tooltip=SegmentConfig.model_fields["method"].description)
-        self.scribbles = layer_picker(self.viewer, Labels, label="scribbles", nullable=True, need="scribbles",
-                                      tooltip="Labels layer painted with 1 pore, 2 glass, 3 NaSICON, 4 Na3PO4.")
+        self.image = layer_picker(
+            self.viewer,
+            Image,
+            label="registered",
+            need="registration",
+            tooltip="The registered stack from the Register step.",
+        )
+        self.method = ComboBox(
+            label="method",
+            choices=[_METHOD_UNSUPERVISED, _METHOD_TRAIN, _METHOD_FILE],
+            value=_METHOD_UNSUPERVISED,
+            tooltip=SegmentConfig.model_fields["method"].description,
+        )
+        self.scribbles = layer_picker(
+            self.viewer,
+            Labels,
+            label="scribbles",
+            nullable=True,
+            need="scribbles",
+            tooltip="Labels layer painted with 1 pore, 2 glass, 3 NaSICON, 4 Na3PO4.",
+        )
         self.add_scribbles = PushButton(text="Add scribbles layer")
         self.add_scribbles.changed.connect(self.add_scribbles_layer)
-        self.classifier_file = FileEdit(label="classifier file", mode="r", value="",
-                                        tooltip=SegmentConfig.model_fields["classifier_path"].description)
-        self.save_to = FileEdit(label="save classifier to", mode="w", value="",
-                                tooltip="Optional: where to save the classifier trained on the scribbles.")
+        self.classifier_file = FileEdit(
+            label="classifier file",
+            mode="r",
+            value="",
+            tooltip=SegmentConfig.model_fields["classifier_path"].description,
+        )
+        self.save_to = FileEdit(
+            label="save classifier to",
+            mode="w",
+            value="",
+            tooltip="Optional: where to save the classifier trained on the scribbles.",
+        )
         self.segment_options = config_form(SegmentConfig, ["se_relief"])
         self.options = config_form(QuantifyConfig, ["confidence"])
-        return [self.image, self.method, self.scribbles, self.add_scribbles, self.classifier_file, self.save_to,
-                *self.segment_options.values(), *self.options.values()]
+        return [
+            self.image,
+            self.method,
+            self.scribbles,
+            self.add_scribbles,
+            self.classifier_file,
+            self.save_to,
+            *self.segment_options.values(),
+            *self.options.values(),
+        ]
 
     def _add_outputs(self, layout):
         self.table = Table()
@@ -242,8 +314,11 @@ class SegmentWidget(StepWidget):
         from napari.utils.colormaps import DirectLabelColormap
 
         self.viewer.add_labels(
-            np.zeros(layer.data.shape, np.uint8), name=_SCRIBBLES_NAME, scale=_scale(layer),
-            colormap=DirectLabelColormap(color_dict=scribble_colors), opacity=0.8,
+            np.zeros(layer.data.shape, np.uint8),
+            name=_SCRIBBLES_NAME,
+            scale=_scale(layer),
+            colormap=DirectLabelColormap(color_dict=scribble_colors),
+            opacity=0.8,
             metadata={"semtrack": {"scribbles": True}},
         )
         self.scribbles.value = self.viewer.layers[_SCRIBBLES_NAME]
@@ -267,11 +342,15 @@ class SegmentWidget(StepWidget):
             scribble_layer = _required(self.scribbles, "a scribbles Labels layer (Add scribbles layer, then paint)")
             scribbles = np.asarray(scribble_layer.data)
             if scribbles.shape != images.shape:
-                raise ValueError(f"the scribbles layer is {scribbles.shape} but the stack is {images.shape}; "
-                                 "add a new scribbles layer for this stack")
+                raise ValueError(
+                    f"the scribbles layer is {scribbles.shape} but the stack is {images.shape}; "
+                    "add a new scribbles layer for this stack"
+                )
             if not scribbles.any():
-                raise ValueError("the scribbles layer is empty: paint a few strokes of each phase (1 pore, 2 glass, "
-                                 "3 NaSICON, 4 Na3PO4)")
+                raise ValueError(
+                    "the scribbles layer is empty: paint a few strokes of each phase (1 pore, 2 glass, "
+                    "3 NaSICON, 4 Na3PO4)"
+                )
             save_to = str(self.save_to.value) if str(self.save_to.value) not in ("", ".") else None
         elif method == _METHOD_FILE:
             classifier_path = str(self.classifier_file.value)
@@ -284,8 +363,9 @@ class SegmentWidget(StepWidget):
             classifier = None
             phase_model = None
             if method == _METHOD_UNSUPERVISED:
-                phase_model = pipeline.fit_model(series, registration, region, config,
-                                                 progress=lambda d, t: progress("model", d, t))
+                phase_model = pipeline.fit_model(
+                    series, registration, region, config, progress=lambda d, t: progress("model", d, t)
+                )
             elif method == _METHOD_TRAIN:
                 progress("train", 0, 1)
                 painted = [i for i in range(n) if scribbles[i].any()]
@@ -303,17 +383,31 @@ class SegmentWidget(StepWidget):
                 if classifier is not None:
                     phases[i] = classifier.predict(images[i], valid=valids[i])
                 else:
-                    phases[i] = segment.segment_frame(images[i], model=phase_model, valid=valids[i],
-                                                      pixel_size_um=pixel_size_um,
-                                                      **pipeline.segment_options(config))
-                rows.append(quantify.phase_fractions(
-                    phases[i], phase_names=tuple(seg_cfg.phase_names), pixel_size_um=pixel_size_um,
-                    confidence=q_cfg.confidence, tile_um=q_cfg.tile_um,
-                ))
+                    phases[i] = segment.segment_frame(
+                        images[i],
+                        model=phase_model,
+                        valid=valids[i],
+                        pixel_size_um=pixel_size_um,
+                        **pipeline.segment_options(config),
+                    )
+                rows.append(
+                    quantify.phase_fractions(
+                        phases[i],
+                        phase_names=tuple(seg_cfg.phase_names),
+                        pixel_size_um=pixel_size_um,
+                        confidence=q_cfg.confidence,
+                        tile_um=q_cfg.tile_um,
+                    )
+                )
                 progress("segment", i + 1, n)
-            return {"layer": layer, "phases": phases, "fractions": pd.DataFrame(rows),
-                    "phase_model": phase_model, "classifier": classifier,
-                    "classifier_path": save_to or classifier_path}
+            return {
+                "layer": layer,
+                "phases": phases,
+                "fractions": pd.DataFrame(rows),
+                "phase_model": phase_model,
+                "classifier": classifier,
+                "classifier_path": save_to or classifier_path,
+            }
 
         return task
 
@@ -323,19 +417,37 @@ class SegmentWidget(StepWidget):
         fractions = result["fractions"]
         fractions.insert(0, "time_h", times[: len(fractions)])
         fractions.insert(0, "frame", np.arange(len(fractions)))
-        seg = {"method": "unsupervised" if result["phase_model"] is not None else "classifier",
-               "classifier_path": result["classifier_path"], **form_values(self.segment_options)}
-        info = _derived(layer, phases=True, registered_stack=layer.data, fractions=fractions,
-                        phase_model=result["phase_model"],
-                        classifier=result["classifier"], phase_names=SegmentConfig().phase_names,
-                        config={"segment": seg, "quantify": form_values(self.options)})
-        replace_layer(self.viewer, "phases", lambda: self.viewer.add_labels(
-            result["phases"], name="phases", scale=_scale(layer), colormap=phase_colormap(info["phase_names"]),
-            opacity=0.6, metadata={"times_h": times, "semtrack": info},
-        ))
+        seg = {
+            "method": "unsupervised" if result["phase_model"] is not None else "classifier",
+            "classifier_path": result["classifier_path"],
+            **form_values(self.segment_options),
+        }
+        info = _derived(
+            layer,
+            phases=True,
+            registered_stack=layer.data,
+            fractions=fractions,
+            phase_model=result["phase_model"],
+            classifier=result["classifier"],
+            phase_names=SegmentConfig().phase_names,
+            config={"segment": seg, "quantify": form_values(self.options)},
+        )
+        replace_layer(
+            self.viewer,
+            "phases",
+            lambda: self.viewer.add_labels(
+                result["phases"],
+                name="phases",
+                scale=_scale(layer),
+                colormap=phase_colormap(info["phase_names"]),
+                opacity=0.6,
+                metadata={"times_h": times, "semtrack": info},
+            ),
+        )
         self.fractions = fractions
-        columns = ["frame", "time_h"] + [c for c in fractions.columns if c.startswith("frac_") or
-                                         c.startswith("glass_fraction")]
+        columns = ["frame", "time_h"] + [
+            c for c in fractions.columns if c.startswith("frac_") or c.startswith("glass_fraction")
+        ]
         show_table(self.table, fractions[columns])
 
 
@@ -359,8 +471,9 @@ class GrainsWidget(StepWidget):
     run_label = "Measure grains"
 
     def _build(self):
-        self.phases = layer_picker(self.viewer, Labels, label="phases", need="phases",
-                                   tooltip="The phases layer from the Segment step.")
+        self.phases = layer_picker(
+            self.viewer, Labels, label="phases", need="phases", tooltip="The phases layer from the Segment step."
+        )
         self.options = config_form(GrainsConfig, ["min_grain_area_um2", "split_touching", "use_image"])
         return [self.phases, *self.options.values()]
 
@@ -386,7 +499,10 @@ class GrainsWidget(StepWidget):
             tables, summaries = [], []
             for i in range(len(phases)):
                 labels[i], table, summary = pipeline.measure_frame_grains(
-                    phases[i], region=region, pixel_size_um=pixel_size_um, config=config,
+                    phases[i],
+                    region=region,
+                    pixel_size_um=pixel_size_um,
+                    config=config,
                     image=None if images is None else images[i],
                 )
                 summaries.append(summary)
@@ -394,8 +510,13 @@ class GrainsWidget(StepWidget):
                 progress("grains", i + 1, len(phases))
             table = pd.concat(tables, ignore_index=True)
             table = table[["frame"] + [c for c in table.columns if c != "frame"]]
-            return {"layer": layer, "labels": labels, "table": table, "summary": pd.DataFrame(summaries),
-                    "options": options}
+            return {
+                "layer": layer,
+                "labels": labels,
+                "table": table,
+                "summary": pd.DataFrame(summaries),
+                "options": options,
+            }
 
         return task
 
@@ -408,17 +529,26 @@ class GrainsWidget(StepWidget):
         info = _derived(layer, grains=result["table"], grain_summary=summary, config={"grains": result["options"]})
         for key in ("phases", "fractions"):
             info.pop(key, None)
-        replace_layer(self.viewer, "grains", lambda: self.viewer.add_labels(
-            result["labels"], name="grains", scale=_scale(layer), opacity=0.5,
-            metadata={"times_h": times, "semtrack": info},
-        ))
+        replace_layer(
+            self.viewer,
+            "grains",
+            lambda: self.viewer.add_labels(
+                result["labels"],
+                name="grains",
+                scale=_scale(layer),
+                opacity=0.5,
+                metadata={"times_h": times, "semtrack": info},
+            ),
+        )
         self.summary, self.grains = summary, result["table"]
         unit = semtrack_info(layer, "length_unit", "µm")
         g_cols = [c for c in summary.columns if c.startswith("astm_g")]
         last = summary.iloc[-1]
-        self.g_label.value = (f"frame {int(last['frame'])}: {int(last.get('grain_count', 0))} grains; "
-                              + ", ".join(f"{c} = {last[c]:.2f}" for c in g_cols)
-                              + ("" if unit == "µm" else " (uncalibrated: G needs µm, lengths in px)"))
+        self.g_label.value = (
+            f"frame {int(last['frame'])}: {int(last.get('grain_count', 0))} grains; "
+            + ", ".join(f"{c} = {last[c]:.2f}" for c in g_cols)
+            + ("" if unit == "µm" else " (uncalibrated: G needs µm, lengths in px)")
+        )
         show_table(self.summary_table, summary)
         show_table(self.grain_table, result["table"])
 
@@ -439,8 +569,9 @@ class TrackWidget(StepWidget):
     run_label = "Track islands"
 
     def _build(self):
-        self.phases = layer_picker(self.viewer, Labels, label="phases", need="phases",
-                                   tooltip="The phases layer from the Segment step.")
+        self.phases = layer_picker(
+            self.viewer, Labels, label="phases", need="phases", tooltip="The phases layer from the Segment step."
+        )
         self.options = config_form(TrackConfig, ["min_island_area_um2", "link_tolerance_um", "min_overlap_fraction"])
         return [self.phases, *self.options.values()]
 
@@ -462,19 +593,29 @@ class TrackWidget(StepWidget):
         def task(progress):
             labels = []
             for i in range(len(phases)):
-                labels.append(pipeline.label_frame_islands(
-                    phases[i], region=region, pixel_size_um=pixel_size_um, config=config
-                ))
+                labels.append(
+                    pipeline.label_frame_islands(phases[i], region=region, pixel_size_um=pixel_size_um, config=config)
+                )
                 progress("islands", i + 1, len(phases))
             progress("link", 0, 1)
             lineage, maps = track.link_islands(
-                labels, times, pixel_size_um=pixel_size_um, link_tolerance_um=options["link_tolerance_um"],
-                min_overlap_fraction=options["min_overlap_fraction"], region=region,
+                labels,
+                times,
+                pixel_size_um=pixel_size_um,
+                link_tolerance_um=options["link_tolerance_um"],
+                min_overlap_fraction=options["min_overlap_fraction"],
+                region=region,
             )
             tracks, graph = track.to_napari_tracks(lineage)
             progress("link", 1, 1)
-            return {"layer": layer, "maps": np.stack(maps).astype(np.int32), "lineage": lineage,
-                    "tracks": tracks, "graph": graph, "options": options}
+            return {
+                "layer": layer,
+                "maps": np.stack(maps).astype(np.int32),
+                "lineage": lineage,
+                "tracks": tracks,
+                "graph": graph,
+                "options": options,
+            }
 
         return task
 
@@ -486,25 +627,52 @@ class TrackWidget(StepWidget):
         for key in ("phases", "fractions"):
             info.pop(key, None)
         metadata = {"times_h": times, "semtrack": info}
-        replace_layer(self.viewer, "islands", lambda: self.viewer.add_labels(
-            result["maps"], name="islands", scale=scale, opacity=0.6, metadata=metadata,
-        ))
+        replace_layer(
+            self.viewer,
+            "islands",
+            lambda: self.viewer.add_labels(
+                result["maps"],
+                name="islands",
+                scale=scale,
+                opacity=0.6,
+                metadata=metadata,
+            ),
+        )
         tracks = np.asarray(result["tracks"], dtype=float)
         if len(tracks):
-            replace_layer(self.viewer, "island tracks", lambda: self.viewer.add_tracks(
-                tracks, graph=result["graph"], name="island tracks", scale=scale, tail_length=len(times),
-                metadata=metadata,
-            ))
+            replace_layer(
+                self.viewer,
+                "island tracks",
+                lambda: self.viewer.add_tracks(
+                    tracks,
+                    graph=result["graph"],
+                    name="island tracks",
+                    scale=scale,
+                    tail_length=len(times),
+                    metadata=metadata,
+                ),
+            )
         elif "island tracks" in self.viewer.layers:
             self.viewer.layers.remove("island tracks")
         events = lineage.events.reset_index(drop=True)
         coords = np.column_stack([events["frame_to"], events["y_px"], events["x_px"]]).astype(float)
         colors = [event_color(e) for e in events["event"]]
-        replace_layer(self.viewer, "island events", lambda: self.viewer.add_points(
-            coords.reshape(-1, 3), name="island events", scale=scale, features=events,
-            face_color=colors if colors else "white", border_color="black", size=24, symbol="star",
-            out_of_slice_display=False, metadata=metadata,
-        ))
+        replace_layer(
+            self.viewer,
+            "island events",
+            lambda: self.viewer.add_points(
+                coords.reshape(-1, 3),
+                name="island events",
+                scale=scale,
+                features=events,
+                face_color=colors if colors else "white",
+                border_color="black",
+                size=24,
+                symbol="star",
+                out_of_slice_display=False,
+                metadata=metadata,
+            ),
+        )
         self.events = events
         counts = events["event"].value_counts().to_dict() if len(events) else {}
         self.counts.value = "events: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
@@ -528,8 +696,13 @@ class ExportWidget(StepWidget):
     run_label = "Export"
 
     def _build(self):
-        self.source = layer_picker(self.viewer, Layer, label="from layer", need="series",
-                                   tooltip="A semtrack layer; its step choices (and those before it) are used.")
+        self.source = layer_picker(
+            self.viewer,
+            Layer,
+            label="from layer",
+            need="series",
+            tooltip="A semtrack layer; its step choices (and those before it) are used.",
+        )
         self.out_dir = FileEdit(label="output folder", mode="d", value="")
         self.report = config_form(ReportConfig, ["html"])["html"]
         self.report.label = "HTML report"
@@ -586,6 +759,19 @@ class ExportWidget(StepWidget):
     def _show(self, result):
         self.status.setText(f"written to {result.out_dir}")
         self.frames = result.frames
-        columns = [c for c in ("frame", "time_h", "reg_score", "frac_glass", "glass_fraction", "frac_na3po4",
-                               "n_islands", "grain_count", "astm_g_planimetric") if c in result.frames]
+        columns = [
+            c
+            for c in (
+                "frame",
+                "time_h",
+                "reg_score",
+                "frac_glass",
+                "glass_fraction",
+                "frac_na3po4",
+                "n_islands",
+                "grain_count",
+                "astm_g_planimetric",
+            )
+            if c in result.frames
+        ]
         show_table(self.table, result.frames[columns])
