@@ -16,6 +16,7 @@ from semtrack.segment import (
     PhaseModel,
     PixelClassifier,
     _find_thresholds,
+    _landmark_map,
     estimate_noise,
     fit_phase_model,
     segment_frame,
@@ -349,6 +350,7 @@ def test_no_na3po4_at_12_percent_glass():
         dict(seed=3, glass_fraction=0.12, pore_fraction=0.0, dose_electrons_per_px=60.0),
         dict(seed=2, glass_fraction=0.12, pore_fraction=0.0, dose_electrons_per_px=60.0),
         dict(seed=3, glass_fraction=0.12, n_islands=0, pore_fraction=0.0),
+        dict(seed=0, glass_fraction=0.05, dose_electrons_per_px=60.0),
     ],
     ids=[
         "pores-taken-for-glass",
@@ -360,6 +362,7 @@ def test_no_na3po4_at_12_percent_glass():
         "start-by-likelihood",
         "frame-map-by-likelihood",
         "glass-sliver",
+        "far-valley-tilts-map",
     ],
 )
 def test_model_selection_on_short_series(kwargs):
@@ -373,6 +376,25 @@ def test_model_selection_on_short_series(kwargs):
         assert np.abs(frac_err).max() <= 1.0, f"frame {i}: {frac_err}"
         if kwargs.get("n_islands") == 0:
             assert not (pred == PHASE_CODES["na3po4"]).any(), f"frame {i}: Na3PO4 found in a series without it"
+
+
+def test_landmark_map_from_the_valleys_beside_the_scarce_anchor():
+    """A frame whose glass anchor is scarce is mapped through its NaSICON median and its valleys. True
+    map: glass at 0.45, NaSICON at 0.70 (a = 0.45, b = 0.25); shared boundaries pore/Na3PO4 -1.0,
+    Na3PO4/glass -0.3, glass/NaSICON 0.3. The Na3PO4/glass valley lies on its boundary (0.375), the
+    pore/Na3PO4 one 0.04 below its boundary's 0.20 (as the shares of small blurred pores put it)."""
+    anchor, valleys, thresholds_u = (0.70, 1.0), [0.16, 0.375], np.array([-1.0, -0.3, 0.3])
+    start = (0.44, 0.26)
+    # through all matched valleys the far one tilts the map: glass 0.012 low, contrast 7 % high
+    a, b = _landmark_map(anchor, valleys, thresholds_u, *start)
+    assert a < 0.442 and b > 0.26
+    # the valleys bounding the glass class (boundaries 1 and 2) alone give the true map
+    a, b = _landmark_map(anchor, valleys, thresholds_u, *start, bounds=(1, 2))
+    assert (a, b) == pytest.approx((0.45, 0.25), abs=1e-9)
+    # none of them matched: all valleys, as before
+    assert _landmark_map(anchor, valleys[:1], thresholds_u, *start, bounds=(1, 2)) == pytest.approx(
+        _landmark_map(anchor, valleys[:1], thresholds_u, *start)
+    )
 
 
 def test_dip_inside_one_peak_is_no_class_boundary():
