@@ -195,6 +195,32 @@ def test_small_pores_and_young_islands():
     assert not ((phases == PHASE_CODES["na3po4"]) & ~near).any()
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_small_pores_keep_their_area(seed):
+    """Pores of 3.5-5 px radius in NaSICON, beam-blurred (0.8 px) and noisy: the watershed on the denoised
+    image puts their edges inside the true ones (7-9 % of their area lost on these images); the midway
+    level on the input gives most of it back (3.5-5 % short)."""
+    rng = np.random.default_rng(seed)
+    truth = np.full((240, 240), PHASE_CODES["nasicon"], np.uint8)
+    truth[:, :60] = PHASE_CODES["glass"]
+    truth[150:200, 90:140] = PHASE_CODES["na3po4"]  # the phases' classes need a sizeable sample
+    truth[20:45, 100:125] = PHASE_CODES["pore"]
+    yy, xx = np.mgrid[:240, :240]
+    small = np.zeros(truth.shape, bool)
+    for cy, cx in itertools.product(range(70, 140, 20), range(80, 235, 20)):
+        radius = 3.5 + 1.5 * rng.random()
+        small |= (yy - cy - rng.random()) ** 2 + (xx - cx - rng.random()) ** 2 <= radius**2
+    truth[small] = PHASE_CODES["pore"]
+    img = np.zeros(truth.shape, np.float32)
+    for name, level in LEVELS.items():
+        img[truth == PHASE_CODES[name]] = level
+    img = cv2.GaussianBlur(img, (0, 0), 0.8) + 0.06 * rng.standard_normal(img.shape).astype(np.float32)
+    phases = segment_frame(img, pixel_size_um=0.05)
+    near = cv2.dilate(small.view(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    found = ((phases == PHASE_CODES["pore"]) & near).sum()
+    assert -0.06 <= found / small.sum() - 1 <= 0.03
+
+
 def test_thin_crack_is_no_island():
     """A crack 3 px wide in glass is blurred into the Na3PO4 grey along its whole length: it is not an island
     (the tracker would count it), while a real island next to it is kept."""

@@ -1171,7 +1171,9 @@ def segment_frame(
     contrast. The most typical pixels of each class in flat areas, and compact dark blobs, seed a
     marker watershed on the gradient magnitude, which places every boundary on the intensity edge:
     the blurred mid-grey rim between a bright grain and a dark phase is split where the edge is
-    steepest instead of being called glass, and bright edge halos join the phase they surround.
+    steepest instead of being called glass, and bright edge halos join the phase they surround. The
+    edges of a darkest phase beyond the anchors (pores) are then moved to the midway level on the
+    lightly smoothed input, which the watershed on the denoised image puts inside small pores.
 
     Parameters
     ----------
@@ -1335,6 +1337,11 @@ def segment_frame(
         labels = _thin_films(prep, labels, model, b, film_depth, film_width_px)
     if n >= 4 and abs(thresholds[0]) < _FAR / 2:  # not when the model has no darkest phase
         labels = _thin_lines_to_darkest(labels, prep.mask, n)
+    if ia > 0 and abs(thresholds[0]) < _FAR / 2:
+        # a darkest phase darker than both anchors (pores), present: its edges to the midway level. Not
+        # when the darkest phase is an anchor itself (two-phase images): on the real Super SE images,
+        # whose islands are shaded by relief, that lowered the mean island IoU from 0.864 to 0.839
+        labels = _dark_edges_midway(prep, labels, a + b * np.asarray(model.medians))
     codes = model.order_codes
     out = None
     if return_probabilities:
@@ -1532,14 +1539,24 @@ def _raw_level(prep: _Prepared, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
     neighbours (invalid ones take the denoised value); computed only there."""
     h, w = prep.image.shape
     weights = cv2.getGaussianKernel(3, 0.6).ravel()
+    image, smooth, mask = prep.image.reshape(-1), prep.smooth.reshape(-1), prep.mask.reshape(-1)
+
+    def reflected(idx, size):
+        idx = np.abs(idx)
+        return np.where(idx >= size, 2 * size - 2 - idx, idx)  # reflect at the border
+
+    # flat indices of the neighbours, read once each from the flat arrays (faster than 2-D indexing)
+    starts = [reflected(rows + dy, h) * w for dy in (-1, 0, 1)]
+    offsets = [reflected(cols + dx, w) for dx in (-1, 0, 1)]
     total = np.zeros(rows.size, np.float64)
-    for dy, wy in zip((-1, 0, 1), weights, strict=True):
-        r = np.abs(rows + dy)
-        r = np.where(r >= h, 2 * h - 2 - r, r)  # reflect at the border
-        for dx, wx in zip((-1, 0, 1), weights, strict=True):
-            c = np.abs(cols + dx)
-            c = np.where(c >= w, 2 * w - 2 - c, c)
-            total += wy * wx * np.where(prep.mask[r, c], prep.image[r, c], prep.smooth[r, c])
+    for start, wy in zip(starts, weights, strict=True):
+        for offset, wx in zip(offsets, weights, strict=True):
+            flat = start + offset
+            value = image.take(flat)
+            inside = mask.take(flat)
+            if not inside.all():
+                value = np.where(inside, value, smooth.take(flat))
+            total += wy * wx * value
     return total
 
 
@@ -1610,6 +1627,49 @@ def _thin_films(prep, labels, model, b, film_depth, film_width_px):
 _FILM_NOISE_SD = 0.1
 #: Window (pixels) over which a film's area is summed: several pixels along it average its noise
 _FILM_WINDOW_PX = 7
+
+
+def _dark_edges_midway(prep: _Prepared, labels: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Move the boundary of the darkest class by up to a pixel to the midway level between it and its
+    neighbour, read on the lightly smoothed input (:func:`_raw_level`), in place.
+
+    The watershed puts boundaries where the denoised image is steepest. Around a small convex object
+    that line lies inside the true edge, the more so the wider the blur (by about ``sigma**2 / 2R``
+    for a disk of radius ``R``): the denoising (about 1.5-2 px in all) shrank pores of 30-100 px on
+    synthetic frames by 15-18 % of their area, of 100-300 px by 8 %, about 0.2 point of the frame at
+    2 % pores, all given to NaSICON. On the input, blurred only by the beam, the midway level is
+    nearer the true edge (shrinkage 11-14 % and 4-5 %). Only between classes whose levels (``levels``,
+    image units, by rank) lie ``_MIDWAY_MIN_CONTRAST`` noise SDs apart: pores beside glass or NaSICON
+    (6 noise SDs at 60 e-/px), not pores beside Na3PO4 at that dose (2), where one pixel's level
+    says little.
+    """
+    k = np.ones((3, 3), np.uint8)
+    dark = (labels == 0).view(np.uint8)
+    ring = cv2.dilate(dark, k) != cv2.erode(dark, k)
+    ring &= prep.mask
+    flat = np.flatnonzero(ring)
+    if flat.size == 0:
+        return labels
+    # the phase across the boundary: a ring pixel's own class outside the dark region, the brightest
+    # class among its neighbours inside it
+    own = labels.reshape(-1)[flat]
+    other = np.where(own > 0, own, cv2.dilate(labels, k).reshape(-1)[flat])
+    sure = np.zeros(256, bool)
+    sure[: levels.size] = levels - levels[0] >= _MIDWAY_MIN_CONTRAST * prep.noise
+    sure[0] = False
+    keep = sure[other]
+    flat, other = flat[keep], other[keep]
+    midway = np.append(0.5 * (levels[0] + levels), np.zeros(256 - levels.size))
+    rows, cols = np.divmod(flat, labels.shape[1])
+    other[_raw_level(prep, rows, cols) < midway[other]] = 0
+    labels.reshape(-1)[flat] = other
+    return labels
+
+
+#: Smallest contrast, in noise SDs of the input, between the darkest class and a neighbour for
+#: :func:`_dark_edges_midway` to move their boundary: a pixel one step off the edge (blur 0.8 px) then
+#: differs from the midway level by ~1.6 noise SDs of the 3x3-smoothed input (0.55 of the raw noise).
+_MIDWAY_MIN_CONTRAST = 4.0
 
 
 def _thin_lines_to_darkest(labels: np.ndarray, mask: np.ndarray, n: int, half_width_px: float = 2.5) -> np.ndarray:
