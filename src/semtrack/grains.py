@@ -122,9 +122,10 @@ _GROOVE_WIDTH_PX = 5
 #: -12.9/-4.5/-9.0/-14.0/-10.1 % -> -9.0/-2.3/-5.2/-11.9/-7.1 %, median ECD -4.6..+1.0 %; true maps
 #: (which already show the films) move by < 1 point. Without the darkness test, the blurred edges of
 #: glass the map shows and the foot of the edge halo count as lines too: true maps over-split (count
-#: up to +6 %, median ECD -5.5..-9.1 % on 3 of 5). Without the rim test, pore and island rims cut
-#: pieces off grains (segmented seed 1: median ECD -5.3 %). Hysteresis at (3.5, 1.5) gains 1-2 more
-#: points on segmented maps but over-splits true maps (median ECD -8.5 % at seed 1). Also tried and
+#: up to +5.7 %, median ECD -5.4..-8.8 % on 3 of 5), segmented seed 1 median ECD -6.2 %. Without the
+#: rim test, pore and island rims cut pieces off grains (segmented seed 1: median ECD -5.2 %).
+#: Hysteresis at (3.5, 1.5) gains 1-2 more points on segmented maps (seed 3: -9.8 %) but over-splits
+#: true maps (median ECD -8.1 and -5.6 % at seeds 1 and 2). Also tried and
 #: dropped: a brightness-step test along borders (differences of the coarse cells on either side, 3
 #: standard errors) split grains inside (true maps: count +2..+10 %, median ECD down to -10 %), and
 #: merging pieces beside islands when their brightness matches joined real grains (count -15..-35 %).
