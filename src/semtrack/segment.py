@@ -1805,7 +1805,7 @@ def _pixel_features(
     where: Any = None,
     relief: bool = False,
 ) -> np.ndarray:
-    """(n, F) float32 features of the pixels ``where`` selects: per scale the smoothed intensity,
+    """(n, F) float32 features (Fortran order) of the pixels ``where`` selects: per scale the smoothed intensity,
     gradient magnitude, both Hessian eigenvalues and the local standard deviation, plus differences
     of Gaussians between scales; with ``relief`` also the enclosure share (:func:`_enclosure_share`).
 
@@ -1876,10 +1876,13 @@ def _pixel_features(
     columns += [smoothed[i] - smoothed[i + 1] for i in range(len(smoothed) - 1)]
     if relief:
         columns.append(at(_enclosure_share(img, mask), False))
-    out = np.empty((columns[0].size, len(columns)), np.float32)
+    # one contiguous row per feature, returned transposed (Fortran order): filling the columns of a
+    # C-ordered (n, F) array one by one costs 8x more (0.1 s per 2048x1600 frame), and the forest
+    # reads either layout as fast
+    out = np.empty((len(columns), columns[0].size), np.float32)
     for k, column in enumerate(columns):
-        out[:, k] = column
-    return out
+        out[k] = column
+    return out.T
 
 
 def _downscaled(
