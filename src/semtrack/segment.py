@@ -2026,18 +2026,23 @@ def _refine_boundaries(smooth: np.ndarray, mask: np.ndarray, dark: np.ndarray) -
     """
     inside = cv2.distanceTransform((dark & mask).view(np.uint8), cv2.DIST_L2, 5)
     outside = cv2.distanceTransform((~dark & mask).view(np.uint8), cv2.DIST_L2, 5)
+    band = mask & (np.where(dark, inside, outside) <= _REFINE_BAND_PX)
+    # the local levels are needed on the band only (a few percent of the frame)
+    rows, cols = np.nonzero(band)
     lo, hi = _REFINE_SIDE_PX
-    levels, weights = [], []
+    levels = []
+    seen = np.ones(rows.size, bool)
     for distance in (inside, outside):
         side = ((distance > lo) & (distance <= hi)).astype(np.float32)
-        weight = _blur_large(side, _REFINE_SIGMA_PX)
-        total = _blur_large(side * smooth, _REFINE_SIGMA_PX)
+        weight = _blur_large(side, _REFINE_SIGMA_PX)[rows, cols]
+        total = _blur_large(side * smooth, _REFINE_SIGMA_PX)[rows, cols]
         levels.append(total / np.maximum(weight, 1e-6))
-        weights.append(weight)
-    band = mask & (np.where(dark, inside, outside) <= _REFINE_BAND_PX)
-    # both sides must be seen (a few percent of the Gaussian's weight)
-    band &= (weights[0] > 0.02) & (weights[1] > 0.02)
-    return np.where(band, smooth < 0.5 * (levels[0] + levels[1]), dark)
+        # both sides must be seen (a few percent of the Gaussian's weight)
+        seen &= weight > 0.02
+    out = dark.copy()
+    rows, cols = rows[seen], cols[seen]
+    out[rows, cols] = smooth[rows, cols] < 0.5 * (levels[0][seen] + levels[1][seen])
+    return out
 
 
 #: Tiles (px) of the classifier's marker watershed and the context flooded around each (:func:`_watershed_tiled`)
