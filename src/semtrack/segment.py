@@ -1912,17 +1912,18 @@ def _upsample(grid: np.ndarray, shape: tuple[int, int], step: int) -> np.ndarray
         return np.ascontiguousarray(np.moveaxis(grid, -1, 0))
     # exact map: output pixel (r, c) reads grid position (r / step, c / step)
     matrix = np.array([[1.0 / step, 0, 0], [0, 1.0 / step, 0]], np.float64)
-    channels = [
+    out = np.empty((grid.shape[-1], *shape), grid.dtype)
+    for k in range(grid.shape[-1]):
+        # straight into its plane: stacking separate planes would copy every full-size plane once more
         cv2.warpAffine(
             np.ascontiguousarray(grid[..., k]),
             matrix,
             (shape[1], shape[0]),
+            dst=out[k],
             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_REPLICATE,
         )
-        for k in range(grid.shape[-1])
-    ]
-    return np.stack(channels)
+    return out
 
 
 def _argmax_planes(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
