@@ -2452,10 +2452,12 @@ class PixelClassifier:
             noise = estimate_noise(img, valid=mask)
             smooth = _denoise(img, mask, noise, 1.5, levels8=True)
             confident = mask & (top > self.seed_probability)
-            # Flood only the unsure pixels and the seeds next to them: the same result as a watershed
-            # over the whole frame, at a fraction of the cost. (OpenCV's watershed, which floods by
-            # grey-level steps instead of the gradient, lost 0.015 IoU on the real Super images.)
-            region = mask & cv2.dilate((mask & ~confident).view(np.uint8), np.ones((3, 3), np.uint8)).view(bool)
+            # Flood only the unsure pixels and the seeds next to them (4-connected, as the flood: a seed
+            # touching them only diagonally floods nothing): the same result as a watershed over the
+            # whole frame, at a fraction of the cost. (OpenCV's watershed, which floods by grey-level
+            # steps instead of the gradient, lost 0.015 IoU on the real Super images.)
+            cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+            region = mask & cv2.dilate((mask & ~confident).view(np.uint8), cross).view(bool)
             seeds = np.where(region & confident, best + 1, 0)
             if self.blob_sigma_px > 0 and self.brightness_order_ is not None:
                 dark = self.phase_names.index(self.brightness_order_[0])
