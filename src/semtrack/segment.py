@@ -1885,7 +1885,7 @@ def _pixel_features(
     where: Any = None,
     relief: bool = False,
 ) -> np.ndarray:
-    """(n, F) float32 features of the pixels ``where`` selects: per scale the smoothed intensity,
+    """(n, F) float32 features (Fortran order) of the pixels ``where`` selects: per scale the smoothed intensity,
     gradient magnitude, both Hessian eigenvalues and the local standard deviation, plus differences
     of Gaussians between scales; with ``relief`` also the enclosure share (:func:`_enclosure_share`).
 
@@ -1956,10 +1956,13 @@ def _pixel_features(
     columns += [smoothed[i] - smoothed[i + 1] for i in range(len(smoothed) - 1)]
     if relief:
         columns.append(at(_enclosure_share(img, mask), False))
-    out = np.empty((columns[0].size, len(columns)), np.float32)
+    # one contiguous row per feature, returned transposed (Fortran order): filling the columns of a
+    # C-ordered (n, F) array one by one costs 8x more (0.1 s per 2048x1600 frame), and the forest
+    # reads either layout as fast
+    out = np.empty((len(columns), columns[0].size), np.float32)
     for k, column in enumerate(columns):
-        out[:, k] = column
-    return out
+        out[k] = column
+    return out.T
 
 
 def _downscaled(
@@ -1989,17 +1992,18 @@ def _upsample(grid: np.ndarray, shape: tuple[int, int], step: int) -> np.ndarray
         return np.ascontiguousarray(np.moveaxis(grid, -1, 0))
     # exact map: output pixel (r, c) reads grid position (r / step, c / step)
     matrix = np.array([[1.0 / step, 0, 0], [0, 1.0 / step, 0]], np.float64)
-    channels = [
+    out = np.empty((grid.shape[-1], *shape), grid.dtype)
+    for k in range(grid.shape[-1]):
+        # straight into its plane: stacking separate planes would copy every full-size plane once more
         cv2.warpAffine(
             np.ascontiguousarray(grid[..., k]),
             matrix,
             (shape[1], shape[0]),
+            dst=out[k],
             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_REPLICATE,
         )
-        for k in range(grid.shape[-1])
-    ]
-    return np.stack(channels)
+    return out
 
 
 def _argmax_planes(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -2103,18 +2107,58 @@ def _refine_boundaries(smooth: np.ndarray, mask: np.ndarray, dark: np.ndarray) -
     """
     inside = cv2.distanceTransform((dark & mask).view(np.uint8), cv2.DIST_L2, 5)
     outside = cv2.distanceTransform((~dark & mask).view(np.uint8), cv2.DIST_L2, 5)
+    band = mask & (np.where(dark, inside, outside) <= _REFINE_BAND_PX)
+    # the local levels are needed on the band only (a few percent of the frame)
+    rows, cols = np.nonzero(band)
     lo, hi = _REFINE_SIDE_PX
-    levels, weights = [], []
+    levels = []
+    seen = np.ones(rows.size, bool)
     for distance in (inside, outside):
         side = ((distance > lo) & (distance <= hi)).astype(np.float32)
-        weight = _blur_large(side, _REFINE_SIGMA_PX)
-        total = _blur_large(side * smooth, _REFINE_SIGMA_PX)
+        weight = _blur_large(side, _REFINE_SIGMA_PX)[rows, cols]
+        total = _blur_large(side * smooth, _REFINE_SIGMA_PX)[rows, cols]
         levels.append(total / np.maximum(weight, 1e-6))
-        weights.append(weight)
-    band = mask & (np.where(dark, inside, outside) <= _REFINE_BAND_PX)
-    # both sides must be seen (a few percent of the Gaussian's weight)
-    band &= (weights[0] > 0.02) & (weights[1] > 0.02)
-    return np.where(band, smooth < 0.5 * (levels[0] + levels[1]), dark)
+        # both sides must be seen (a few percent of the Gaussian's weight)
+        seen &= weight > 0.02
+    out = dark.copy()
+    rows, cols = rows[seen], cols[seen]
+    out[rows, cols] = smooth[rows, cols] < 0.5 * (levels[0][seen] + levels[1][seen])
+    return out
+
+
+#: Tiles (px) of the classifier's marker watershed and the context flooded around each (:func:`_watershed_tiled`)
+_WATERSHED_TILE_PX = 512
+_WATERSHED_MARGIN_PX = 32
+
+
+def _watershed_tiled(
+    gradient: np.ndarray,
+    seeds: np.ndarray,
+    region: np.ndarray,
+    tile_px: int = _WATERSHED_TILE_PX,
+    margin_px: int = _WATERSHED_MARGIN_PX,
+) -> np.ndarray:
+    """scikit-image's marker watershed of ``gradient`` from ``seeds`` within ``region``, tile by tile.
+
+    Its priority queue starts with every seed pixel; on a whole 2048x1600 frame it outgrows the CPU
+    cache, and tiles of ``tile_px`` run twice as fast (0.58 -> 0.29 s). Each tile is flooded with a
+    ``margin_px`` border of context and only its core kept: the unseeded pixels of
+    :meth:`PixelClassifier.predict` lie within a few pixels of a seed (at most 12 px on the synthetic
+    2048x1600 frame), so no flood reaches a core from beyond the margin (labels identical to the
+    whole-frame watershed there). Returns int32 labels, 0 outside ``region``.
+    """
+    h, w = seeds.shape
+    out = np.zeros((h, w), np.int32)
+    for y0 in range(0, h, tile_px):
+        for x0 in range(0, w, tile_px):
+            core = np.s_[y0 : y0 + tile_px, x0 : x0 + tile_px]
+            if not region[core].any():
+                continue
+            ya, xa = max(y0 - margin_px, 0), max(x0 - margin_px, 0)
+            window = np.s_[ya : y0 + tile_px + margin_px, xa : x0 + tile_px + margin_px]
+            labels = watershed(gradient[window], seeds[window], mask=region[window])
+            out[core] = labels[y0 - ya : y0 - ya + tile_px, x0 - xa : x0 - xa + tile_px]
+    return out
 
 
 class PixelClassifier:
@@ -2488,17 +2532,19 @@ class PixelClassifier:
             noise = estimate_noise(img, valid=mask)
             smooth = _denoise(img, mask, noise, 1.5, levels8=True)
             confident = mask & (top > self.seed_probability)
-            # Flood only the unsure pixels and the seeds next to them: the same result as a watershed
-            # over the whole frame, at a fraction of the cost. (OpenCV's watershed, which floods by
-            # grey-level steps instead of the gradient, lost 0.015 IoU on the real Super images.)
-            region = mask & cv2.dilate((mask & ~confident).view(np.uint8), np.ones((3, 3), np.uint8)).view(bool)
+            # Flood only the unsure pixels and the seeds next to them (4-connected, as the flood: a seed
+            # touching them only diagonally floods nothing): the same result as a watershed over the
+            # whole frame, at a fraction of the cost. (OpenCV's watershed, which floods by grey-level
+            # steps instead of the gradient, lost 0.015 IoU on the real Super images.)
+            cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+            region = mask & cv2.dilate((mask & ~confident).view(np.uint8), cross).view(bool)
             seeds = np.where(region & confident, best + 1, 0)
             if self.blob_sigma_px > 0 and self.brightness_order_ is not None:
                 dark = self.phase_names.index(self.brightness_order_[0])
                 cores = _blob_cores(smooth, noise, self.blob_sigma_px, self.blob_contrast)
                 cores &= region & (best == dark)
                 seeds[cores] = dark + 1
-            labels = watershed(_gradient(smooth, 1.0), seeds, mask=region)
+            labels = _watershed_tiled(_gradient(smooth, 1.0), seeds, region)
             best = np.where(labels > 0, labels - 1, best)
         if (self.particle_sigma_px > 0 or self.refine_boundaries) and self.brightness_order_ is not None:
             best = self._dark_boundaries(img, mask, proba, best)
