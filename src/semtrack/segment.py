@@ -2145,7 +2145,10 @@ def _watershed_tiled(
     ``margin_px`` border of context and only its core kept: the unseeded pixels of
     :meth:`PixelClassifier.predict` lie within a few pixels of a seed (at most 12 px on the synthetic
     2048x1600 frame), so no flood reaches a core from beyond the margin (labels identical to the
-    whole-frame watershed there). Returns int32 labels, 0 outside ``region``.
+    whole-frame watershed there). Where an unsure area is wider than the margin (a classifier far from
+    its training images), a core pixel may be claimed by another nearby seed than in one whole-frame
+    flood, and one no seed in its window reaches stays 0 (the caller keeps the forest's class there).
+    Returns int32 labels, 0 outside ``region``.
     """
     h, w = seeds.shape
     out = np.zeros((h, w), np.int32)
