@@ -129,6 +129,17 @@ _GROOVE_WIDTH_PX = 5
 #: dropped: a brightness-step test along borders (differences of the coarse cells on either side, 3
 #: standard errors) split grains inside (true maps: count +2..+10 %, median ECD down to -10 %), and
 #: merging pieces beside islands when their brightness matches joined real grains (count -15..-35 %).
+#: What limits the count (segmented 5 % glass, seeds 0 and 3: -9.3 / -11.5 %): ~700 short pieces of film per frame that
+#: no detected line touches (median 6 px; as glass in the map they give -4.9 / -6.5 %; the missed film the lines do
+#: touch adds nothing there). Their line components mostly span < 8 px, and by size, span, curvature, darkness or
+#: distance to glass they are not told apart from the blurred glass edges beside them (1 : 2.5 at best); even picking
+#: exactly the (1.5, 1.5) components that hold them gives only -8.2 / -8.2 %. Tried without gain (thresholds set to
+#: keep true maps), over seeds 0-4 and 6 crop offsets (worst count -13.5 % -> -11.7..-15.0 %, segmented median ECD of
+#: seed 1 -5.6 -> -5.6..-6.5 %, true -6.6 -> -6.4..-8.6 %): the curvature averaged over 5-9 px along 4 directions (each
+#: in its own noise units: the detector smear makes noise anisotropic), short components (span >= 4 or 6) that touch
+#: non-grain, closing the non-grain phase (5-15 px) over line pixels, components whose summed z / sqrt(pixels) >= 12 or
+#: 15, and keeping grain regions the lines disconnect apart. Bridging 0.25 instead of _SAME_BRIGHTNESS_DEPTH moves
+#: along the same trade-off (count +1.3..+2.4 points, true-map median ECD -0.9..-2.6 points, 3 of 5 beyond -5 %).
 _FILM_SIGMA_PX = 1.5
 _FILM_Z = (4.0, 1.5)
 _FILM_MIN_LENGTH_PX = 8
