@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import logging
 import time
 import tracemalloc
 from pathlib import Path
@@ -166,11 +165,11 @@ def synthetic_rows(seeds, glass_fractions, shape):
 def _load_super():
     import tifffile
 
-    logging.getLogger("tifffile").setLevel(logging.ERROR)
     out = []
     for path in sorted((SUPER / "images").glob("*.tif")):
         img = tifffile.imread(path)[..., 0].astype(np.float32) / 255
-        mask = tifffile.imread(SUPER / "masks" / f"{path.stem}_mask.tif")[..., :3]
+        # the masks' "shaped" description does not match their pages: read the pages as they are
+        mask = tifffile.imread(SUPER / "masks" / f"{path.stem}_mask.tif", is_shaped=False)[..., :3]
         out.append((path.stem, img, (mask == (0, 0, 255)).all(-1) | (mask == (255, 0, 0)).all(-1)))
     return out
 

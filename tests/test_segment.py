@@ -579,7 +579,7 @@ def _load_super(real_sem):
     out = []
     for path in sorted((folder / "images").glob("*.tif")):
         img = tifffile.imread(path)[..., 0].astype(np.float32) / 255
-        mask = tifffile.imread(folder / "masks" / f"{path.stem}_mask.tif")[..., :3]
+        mask = tifffile.imread(folder / "masks" / f"{path.stem}_mask.tif", is_shaped=False)[..., :3]
         blue = (mask == (0, 0, 255)).all(-1)
         red = (mask == (255, 0, 0)).all(-1)
         # islands = secondary + tertiary precipitates: both are the dark gamma-prime phase

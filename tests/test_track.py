@@ -141,7 +141,7 @@ def _super_mask(name):
     path = REAL_SEM / "masks" / f"{name}_mask.tif"
     if not path.exists():
         pytest.skip(f"real SEM masks not available at {path}")
-    rgb = tifffile.imread(path)[..., :3]
+    rgb = tifffile.imread(path, is_shaped=False)[..., :3]
     phases = np.full(rgb.shape[:2], 1, np.uint8)
     phases[np.all(rgb == (0, 0, 255), axis=-1)] = 3  # secondary gamma-prime: the big dark islands
     phases[np.all(rgb == (255, 0, 0), axis=-1)] = 0  # tertiary precipitates
