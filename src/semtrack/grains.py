@@ -153,11 +153,11 @@ _GROOVE_WIDTH_PX = 5
 #: gaps only (paths reaching other glass; no rim rule yet), z >= 2.5..4: count unchanged (seed 0 -9.3 -> -9.6..-10.0 %,
 #: seed 3 -11.5 -> -11.4..-11.5 %). Film tips (the most significant start of the best path per end, >= 3 or 5 scored
 #: pixels, the first 2 px left out as the blur darkens them), z = 3: segmented count +0.8..+2.9 points (seeds 0-4), but
-#: over 6 crop offsets seed 0 -12.3..-8.1 %, seed 3 -11.6..-7.4 % (still misses) and seed 1 median ECD -4.7 -> -5.2 % at
-#: offset 0 (-6.3..-4.2 % over offsets); true maps: seed 1 median -6.6 -> -6.8..-7.0 %, count +2.8 -> +3.2..+3.4 %; z =
-#: 2.5 or the last (not the most significant) start over-splits (segmented median ECD to -8.5 %, true to -10.9 %). ~30 %
-#: of the continued pixels lie off every true boundary (stubs into grain at junctions). It also cost ~0.09 s CPU per
-#: frame.
+#: over 6 crop offsets seed 0 -12.3..-8.1 %, seed 3 -11.6..-7.4 % (still misses; a cone of +-10 deg gains less: seed 3
+#: -11.0 % at offset 0) and seed 1 median ECD -4.7 -> -5.2 % at offset 0 (-6.3..-4.2 % over offsets); true maps: seed 1
+#: median -6.6 -> -6.8..-7.0 %, count +2.8 -> +3.2..+3.4 %; z = 2.5 or the last (not the most significant) start
+#: over-splits (segmented median ECD to -8.5 %, true to -10.9 %). ~30 % of the continued pixels lie off every true
+#: boundary (stubs into grain at junctions). It also cost ~0.09 s CPU per frame.
 _FILM_SIGMA_PX = 1.5
 _FILM_Z = (4.0, 1.5)
 _FILM_MIN_LENGTH_PX = 8
