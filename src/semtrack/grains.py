@@ -140,6 +140,24 @@ _GROOVE_WIDTH_PX = 5
 #: non-grain, closing the non-grain phase (5-15 px) over line pixels, components whose summed z / sqrt(pixels) >= 12 or
 #: 15, and keeping grain regions the lines disconnect apart. Bridging 0.25 instead of _SAME_BRIGHTNESS_DEPTH moves
 #: along the same trade-off (count +1.3..+2.4 points, true-map median ECD -0.9..-2.6 points, 3 of 5 beyond -5 %).
+#: Which grains are missing (segmented 5 % glass, seeds 0 / 3): all 129 / 140 pairs of true grains that the segmented
+#: map joins and the true map keeps apart touch with no glass between them (no non-grain pixel within 2 px of their
+#: contact; 33 pairs the other way on seed 3). So the count hangs on the notches that the tapering film tips make at the
+#: ends of a contact, which the segmentation shortens; closing gaps between films adds little (a short gap already makes
+#: a deep dip in the distance map). Continuing films from their loose ends was tried and not kept: ends are off-grain
+#: pixels next to grain whose 9 x 9 window is thin (<= 37 % off-grain), lies >= 1.5 px behind them (centroid) and holds
+#: no object >= 5 px wide within 4 px (pore and pocket rims read as film ends); from each, 7 straight paths within +-30
+#: deg run up to 15 px through the grain to the first off-grain pixel, scored by how much darker the image (sigma 1 px)
+#: is along them than the darker of the two sides 3 px away, in units of the spread of the same mean on paths laid
+#: inside grains (per frame and length: it falls only 1.8x from 2 to 12 px, neighbouring pixels being correlated). Whole
+#: gaps only (paths reaching other glass; no rim rule yet), z >= 2.5..4: count unchanged (seed 0 -9.3 -> -9.6..-10.0 %,
+#: seed 3 -11.5 -> -11.4..-11.5 %). Film tips (the most significant start of the best path per end, >= 3 or 5 scored
+#: pixels, the first 2 px left out as the blur darkens them), z = 3: segmented count +0.8..+2.9 points (seeds 0-4), but
+#: over 6 crop offsets seed 0 -12.3..-8.1 %, seed 3 -11.6..-7.4 % (still misses; a cone of +-10 deg gains less: seed 3
+#: -11.0 % at offset 0) and seed 1 median ECD -4.7 -> -5.2 % at offset 0 (-6.3..-4.2 % over offsets); true maps: seed 1
+#: median -6.6 -> -6.8..-7.0 %, count +2.8 -> +3.2..+3.4 %; z = 2.5 or the last (not the most significant) start
+#: over-splits (segmented median ECD to -8.5 %, true to -10.9 %). ~30 % of the continued pixels lie off every true
+#: boundary (stubs into grain at junctions). It also cost ~0.09 s CPU per frame.
 _FILM_SIGMA_PX = 1.5
 _FILM_Z = (4.0, 1.5)
 _FILM_MIN_LENGTH_PX = 8
