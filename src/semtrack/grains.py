@@ -129,35 +129,9 @@ _GROOVE_WIDTH_PX = 5
 #: dropped: a brightness-step test along borders (differences of the coarse cells on either side, 3
 #: standard errors) split grains inside (true maps: count +2..+10 %, median ECD down to -10 %), and
 #: merging pieces beside islands when their brightness matches joined real grains (count -15..-35 %).
-#: What limits the count (segmented 5 % glass, seeds 0 and 3: -9.3 / -11.5 %): ~700 short pieces of film per frame that
-#: no detected line touches (median 6 px; as glass in the map they give -4.9 / -6.5 %; the missed film the lines do
-#: touch adds nothing there). Their line components mostly span < 8 px, and by size, span, curvature, darkness or
-#: distance to glass they are not told apart from the blurred glass edges beside them (1 : 2.5 at best); even picking
-#: exactly the (1.5, 1.5) components that hold them gives only -8.2 / -8.2 %. Tried without gain (thresholds set to
-#: keep true maps), over seeds 0-4 and 6 crop offsets (worst count -13.5 % -> -11.7..-15.0 %, segmented median ECD of
-#: seed 1 -5.6 -> -5.6..-6.5 %, true -6.6 -> -6.4..-8.6 %): the curvature averaged over 5-9 px along 4 directions (each
-#: in its own noise units: the detector smear makes noise anisotropic), short components (span >= 4 or 6) that touch
-#: non-grain, closing the non-grain phase (5-15 px) over line pixels, components whose summed z / sqrt(pixels) >= 12 or
-#: 15, and keeping grain regions the lines disconnect apart. Bridging 0.25 instead of _SAME_BRIGHTNESS_DEPTH moves
-#: along the same trade-off (count +1.3..+2.4 points, true-map median ECD -0.9..-2.6 points, 3 of 5 beyond -5 %).
-#: Which grains are missing (segmented 5 % glass, seeds 0 / 3): all 129 / 140 pairs of true grains that the segmented
-#: map joins and the true map keeps apart touch with no glass between them (no non-grain pixel within 2 px of their
-#: contact; 33 pairs the other way on seed 3). So the count hangs on the notches that the tapering film tips make at the
-#: ends of a contact, which the segmentation shortens; closing gaps between films adds little (a short gap already makes
-#: a deep dip in the distance map). Continuing films from their loose ends was tried and not kept: ends are off-grain
-#: pixels next to grain whose 9 x 9 window is thin (<= 37 % off-grain), lies >= 1.5 px behind them (centroid) and holds
-#: no object >= 5 px wide within 4 px (pore and pocket rims read as film ends); from each, 7 straight paths within +-30
-#: deg run up to 15 px through the grain to the first off-grain pixel, scored by how much darker the image (sigma 1 px)
-#: is along them than the darker of the two sides 3 px away, in units of the spread of the same mean on paths laid
-#: inside grains (per frame and length: it falls only 1.8x from 2 to 12 px, neighbouring pixels being correlated). Whole
-#: gaps only (paths reaching other glass; no rim rule yet), z >= 2.5..4: count unchanged (seed 0 -9.3 -> -9.6..-10.0 %,
-#: seed 3 -11.5 -> -11.4..-11.5 %). Film tips (the most significant start of the best path per end, >= 3 or 5 scored
-#: pixels, the first 2 px left out as the blur darkens them), z = 3: segmented count +0.8..+2.9 points (seeds 0-4), but
-#: over 6 crop offsets seed 0 -12.3..-8.1 %, seed 3 -11.6..-7.4 % (still misses; a cone of +-10 deg gains less: seed 3
-#: -11.0 % at offset 0) and seed 1 median ECD -4.7 -> -5.2 % at offset 0 (-6.3..-4.2 % over offsets); true maps: seed 1
-#: median -6.6 -> -6.8..-7.0 %, count +2.8 -> +3.2..+3.4 %; z = 2.5 or the last (not the most significant) start
-#: over-splits (segmented median ECD to -8.5 %, true to -10.9 %). ~30 % of the continued pixels lie off every true
-#: boundary (stubs into grain at junctions). It also cost ~0.09 s CPU per frame.
+#: At 5 % glass every pair of grains the segmented map still joins touches with no glass between them, and
+#: continuing films from their loose ends or bridging their gaps did not pay; benchmarks/RESULTS.md (Grains,
+#: session 5) records what was measured.
 _FILM_SIGMA_PX = 1.5
 _FILM_Z = (4.0, 1.5)
 _FILM_MIN_LENGTH_PX = 8
