@@ -221,6 +221,30 @@ def test_small_pores_keep_their_area(seed):
     assert -0.06 <= found / small.sum() - 1 <= 0.03
 
 
+def test_pore_edges_never_grow_the_rim_class():
+    """`_dark_edges_midway` gives a pore's edge pixels that read brighter than the midway level to an anchor
+    class (here NaSICON), never to the Na3PO4 class between: a Na3PO4-grey rim around a pore is the
+    blur of its edge, and growing it into the pore made false islands along cracks."""
+    from semtrack.segment import _dark_edges_midway, _Prepared
+
+    yy, xx = np.mgrid[:40, :80]
+    ringed = (yy - 20) ** 2 + (xx - 20) ** 2 <= 36
+    rim = ((yy - 20) ** 2 + (xx - 20) ** 2 <= 81) & ~ringed
+    bare = (yy - 20) ** 2 + (xx - 60) ** 2 <= 36
+    labels = np.full((40, 80), 3, np.uint8)  # ranks: 0 pore, 1 Na3PO4, 2 glass, 3 NaSICON
+    labels[rim] = 1
+    labels[ringed | bare] = 0
+    image = np.full(labels.shape, 0.8, np.float32)
+    image[rim] = 0.3
+    image[ringed | bare] = 0.5  # above both midway levels (0.175 to Na3PO4, 0.425 to NaSICON)
+    mask = np.ones(labels.shape, bool)
+    prep = _Prepared(image, image, mask, mask, 0.01)
+    out = _dark_edges_midway(prep, labels.copy(), np.array([0.05, 0.3, 0.5, 0.8]), lowest_anchor=2)
+    assert (out[ringed] == 0).all() and (out[rim] == 1).all()
+    edge_of_bare = bare & ~(cv2.erode(bare.view(np.uint8), np.ones((3, 3), np.uint8)) > 0)
+    assert (out[edge_of_bare] == 3).all() and (out[bare & ~edge_of_bare] == 0).all()
+
+
 def test_thin_crack_is_no_island():
     """A crack 3 px wide in glass is blurred into the Na3PO4 grey along its whole length: it is not an island
     (the tracker would count it), while a real island next to it is kept."""

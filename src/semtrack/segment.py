@@ -1341,7 +1341,7 @@ def segment_frame(
         # a darkest phase darker than both anchors (pores), present: its edges to the midway level. Not
         # when the darkest phase is an anchor itself (two-phase images): on the real Super SE images,
         # whose islands are shaded by relief, that lowered the mean island IoU from 0.864 to 0.839
-        labels = _dark_edges_midway(prep, labels, a + b * np.asarray(model.medians))
+        labels = _dark_edges_midway(prep, labels, a + b * np.asarray(model.medians), ia)
     codes = model.order_codes
     out = None
     if return_probabilities:
@@ -1629,7 +1629,7 @@ _FILM_NOISE_SD = 0.1
 _FILM_WINDOW_PX = 7
 
 
-def _dark_edges_midway(prep: _Prepared, labels: np.ndarray, levels: np.ndarray) -> np.ndarray:
+def _dark_edges_midway(prep: _Prepared, labels: np.ndarray, levels: np.ndarray, lowest_anchor: int) -> np.ndarray:
     """Move the boundary of the darkest class by up to a pixel to the midway level between it and its
     neighbour, read on the lightly smoothed input (:func:`_raw_level`), in place.
 
@@ -1641,7 +1641,11 @@ def _dark_edges_midway(prep: _Prepared, labels: np.ndarray, levels: np.ndarray) 
     nearer the true edge (shrinkage 11-14 % and 4-5 %). Only between classes whose levels (``levels``,
     image units, by rank) lie ``_MIDWAY_MIN_CONTRAST`` noise SDs apart: pores beside glass or NaSICON
     (6 noise SDs at 60 e-/px), not pores beside Na3PO4 at that dose (2), where one pixel's level
-    says little.
+    says little. A dark pixel is given only to an anchor class or a brighter one (rank >=
+    ``lowest_anchor``), never to a class between (Na3PO4): the blurred rim of a pore or crack passes
+    through that class's level, so such a neighbour is usually the rim, and growing it into the pore
+    made flickering false Na3PO4 islands along the marker's crack (a false formation and dissolution
+    in bench_track's segmented series, seed 2). Rim pixels of such a class may still go to the pore.
     """
     k = np.ones((3, 3), np.uint8)
     dark = (labels == 0).view(np.uint8)
@@ -1657,7 +1661,7 @@ def _dark_edges_midway(prep: _Prepared, labels: np.ndarray, levels: np.ndarray) 
     sure = np.zeros(256, bool)
     sure[: levels.size] = levels - levels[0] >= _MIDWAY_MIN_CONTRAST * prep.noise
     sure[0] = False
-    keep = sure[other]
+    keep = sure[other] & ((own > 0) | (other >= lowest_anchor))
     flat, other = flat[keep], other[keep]
     midway = np.append(0.5 * (levels[0] + levels), np.zeros(256 - levels.size))
     rows, cols = np.divmod(flat, labels.shape[1])
