@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -14,7 +15,7 @@ import tifffile
 from semtrack import track
 from semtrack.config import OUTSIDE, Config
 from semtrack.io import sha256_file
-from semtrack.pipeline import run
+from semtrack.pipeline import HEADLINE_COLUMNS, run
 
 FRAME_COLUMNS = [
     "frame",
@@ -155,6 +156,16 @@ def test_in_memory_run_keeps_maps_and_matches_written_run(pipeline_output, synth
     assert result.out_dir is None and len(result.phase_maps) == len(result.island_maps) == len(result.frames)
     np.testing.assert_array_equal(result.phase_maps[1], tifffile.imread(out / "labels" / "phases_001.tif"))
     pd.testing.assert_frame_equal(result.frames, written.frames)
+
+
+def test_headline_is_the_frames_table_summary_in_order(pipeline_output):
+    result, out = pipeline_output
+    headline = result.headline()
+    assert list(headline.columns) == list(HEADLINE_COLUMNS)  # a full run has every headline number
+    written = pd.read_csv(out / "frames.csv")
+    pd.testing.assert_frame_equal(headline.reset_index(drop=True), written[list(HEADLINE_COLUMNS)], check_dtype=False)
+    partial = replace(result, frames=result.frames.drop(columns=["grain_count", "reg_score"]))
+    assert list(partial.headline().columns) == [c for c in HEADLINE_COLUMNS if c not in ("grain_count", "reg_score")]
 
 
 def test_resumed_run_reuses_work_and_writes_identical_tables(pipeline_output, synth_folder, tmp_path):

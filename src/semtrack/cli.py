@@ -234,24 +234,8 @@ def run_command(
 
 
 def _print_summary(result) -> None:
-    frames = result.frames
     unit = "um" if result.series.calibrated else "px"
-    cols = [
-        c
-        for c in (
-            "frame",
-            "time_h",
-            "reg_score",
-            "frac_glass",
-            "glass_fraction",
-            "frac_na3po4",
-            "n_islands",
-            "grain_count",
-            "grain_ecd_mean_um",
-        )
-        if c in frames
-    ]
-    click.echo(frames[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    click.echo(result.headline().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     counts = result.events["event"].value_counts().to_dict() if len(result.events) else {}
     click.echo("events: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
     if not result.series.calibrated:

@@ -53,6 +53,7 @@ from .write import (
 
 __all__ = [
     "Result",
+    "HEADLINE_COLUMNS",
     "FrameAnalysis",
     "analyse_frame",
     "fit_model",
@@ -154,6 +155,25 @@ class Result:
     warnings: list[str] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
     out_dir: Path | None = None
+
+    def headline(self) -> pd.DataFrame:
+        """The columns of `frames` a run is summarised by (:data:`HEADLINE_COLUMNS` present, in that order)."""
+        return self.frames[[c for c in HEADLINE_COLUMNS if c in self.frames]]
+
+
+#: Per-frame numbers that summarise a run: the CLI prints them, the napari Run widget shows them.
+HEADLINE_COLUMNS = (
+    "frame",
+    "time_h",
+    "reg_score",
+    "frac_glass",
+    "glass_fraction",
+    "frac_na3po4",
+    "n_islands",
+    "grain_count",
+    "grain_ecd_mean_um",
+    "astm_g_planimetric",
+)
 
 
 def analyse_frame(

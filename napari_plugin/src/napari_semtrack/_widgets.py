@@ -759,19 +759,4 @@ class ExportWidget(StepWidget):
     def _show(self, result):
         self.status.setText(f"written to {result.out_dir}")
         self.frames = result.frames
-        columns = [
-            c
-            for c in (
-                "frame",
-                "time_h",
-                "reg_score",
-                "frac_glass",
-                "glass_fraction",
-                "frac_na3po4",
-                "n_islands",
-                "grain_count",
-                "astm_g_planimetric",
-            )
-            if c in result.frames
-        ]
-        show_table(self.table, result.frames[columns])
+        show_table(self.table, result.headline())
